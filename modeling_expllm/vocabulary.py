@@ -1,0 +1,241 @@
+"""The words ExpLLM speaks: expression labels and their synonyms, the 24 FEAFA action units, degree words,
+per-expression AU prototypes, the Exp-CoT section headers and the model's default questions.
+
+Every part of the release (processor, data engine, dataset builder, training, metrics) imports this module, so each
+label, AU name and question is written down once. It is plain Python with no dependencies because `save_pretrained`
+copies it into every remote-code model folder next to the processor that uses it.
+"""
+
+import re
+from dataclasses import dataclass
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Expression labels
+
+# Order of the official evaluation; equals AffectNet's class indices 0-7. RAF-DB and AffectNet-7 use the first seven.
+EXPRESSION_LABELS = ("Neutral", "Happiness", "Sadness", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
+SEVEN_LABELS = EXPRESSION_LABELS[:7]
+LABEL_TO_ID = {label: index for index, label in enumerate(EXPRESSION_LABELS)}
+
+# Words people and models use for each label: the name, its inflections and common synonyms. Matching is on whole
+# words, case-insensitive. Words that name a facial movement rather than a feeling ("smile", "frown") are not here:
+# they are evidence for a label, not a statement of it.
+LABEL_SYNONYMS = {
+    "Neutral": ("neutral", "neutrally", "neutrality", "expressionless", "impassive", "no emotion", "no expression"),
+    "Happiness": (
+        "happiness", "happy", "happier", "happiest", "happily", "joy", "joyful", "joyous", "joyfully", "glad",
+        "gladness", "cheerful", "cheerfulness", "delight", "delighted", "elated", "elation",
+    ),
+    "Sadness": (
+        "sadness", "sad", "sadder", "saddest", "sadly", "sorrow", "sorrowful", "unhappy", "unhappiness", "grief",
+        "grieving", "melancholy", "melancholic", "downcast", "dejected", "dejection",
+    ),
+    "Surprise": (
+        "surprise", "surprised", "surprising", "surprisingly", "astonished", "astonishment", "amazed", "amazement",
+        "startled", "shocked", "shock",
+    ),
+    "Fear": (
+        "fear", "fearful", "fearfully", "afraid", "scared", "frightened", "fright", "terrified", "terror", "anxious",
+        "anxiety", "panic", "panicked",
+    ),
+    "Disgust": (
+        "disgust", "disgusted", "disgusting", "disgustful", "revulsion", "revolted", "repulsed", "repulsion",
+        "distaste",
+    ),
+    "Anger": (
+        "anger", "angry", "angrier", "angriest", "angrily", "angered", "furious", "fury", "rage", "enraged", "irate",
+        "wrath", "irritated", "irritation",
+    ),
+    "Contempt": (
+        "contempt", "contemptuous", "contemptuously", "scorn", "scornful", "disdain", "disdainful", "sneering",
+    ),
+}
+
+_SYNONYM_TO_LABEL = {word: label for label, words in LABEL_SYNONYMS.items() for word in words}
+# Longest first so that "no emotion" wins over a shorter word inside it.
+_LABEL_WORD_PATTERN = re.compile(
+    r"\b(" + "|".join(re.escape(word) for word in sorted(_SYNONYM_TO_LABEL, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+
+
+def normalize_label(answer):
+    """Map a short answer ("happy", " Happiness.", "ANGRY", "label: joy") to its canonical label, or None.
+
+    The whole answer must be one label word (optionally wrapped in punctuation, quotes or markdown emphasis, and
+    optionally introduced by a short prefix such as "Answer:"); anything longer is left to `find_labels`.
+    """
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return EXPRESSION_LABELS[answer] if 0 <= answer < len(EXPRESSION_LABELS) else None
+    if not isinstance(answer, str):
+        return None
+    text = answer.strip().strip("*_`'\"“”‘’ .,!;:()[]").lower()
+    text = re.sub(r"^(answer|label|expression|emotion|prediction)\s*[:\-]\s*", "", text).strip("*_`'\"“”‘’ .,!;:")
+    return _SYNONYM_TO_LABEL.get(re.sub(r"\s+", " ", text))
+
+
+def find_labels(text):
+    """Every label the text names, in order of appearance, as (label, start, end) triples."""
+    return [(_SYNONYM_TO_LABEL[m.group(1).lower()], m.start(), m.end()) for m in _LABEL_WORD_PATTERN.finditer(text)]
+
+
+def parse_label(text):
+    """The canonical label a free-text answer gives, or None when it names no label or several different ones."""
+    label = normalize_label(text)
+    if label is not None or not isinstance(text, str):
+        return label
+    named = {label for label, _, _ in find_labels(text)}
+    return named.pop() if len(named) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FEAFA action units
+
+
+@dataclass(frozen=True)
+class ActionUnit:
+    """One of the 24 FEAFA action units: what moves (`part`), how (`movement`) and on which side of the subject."""
+
+    index: int
+    name: str
+    side: str | None  # "left" / "right" is the subject's own side, not the image's; None for midline units
+    part: str  # canonical part name used in generated text
+    part_words: tuple  # words that name the part in free text
+    movement: str  # canonical verb phrase used in generated text
+    movement_words: tuple  # word stems that describe the movement in free text
+
+
+_EYE = ("eye", "eyes", "eyelid", "eyelids", "lid", "lids")
+_BROW = ("brow", "brows", "eyebrow", "eyebrows")
+_JAW = ("jaw", "mouth")
+_CORNER = ("lip corner", "lip corners", "mouth corner", "mouth corners", "corner of the mouth", "corners of the mouth")
+_UPPER_LIP = ("upper lip",)
+_LOWER_LIP = ("lower lip",)
+_CLOSE = ("close", "closed", "closing", "closure", "shut", "squint", "narrow", "blink")
+_WIDEN = ("raise", "raised", "raising", "widen", "widened", "wide", "open", "opened", "lift", "lifted", "elevat")
+_LOWER = ("lower", "lowered", "lowering", "furrow", "knit", "draw", "drawn", "pull down", "pulled down", "frown")
+_RAISE = ("raise", "raised", "raising", "lift", "lifted", "lifting", "elevat", "arch", "up")
+_SLIDE = ("slide", "slid", "sliding", "shift", "shifted", "sideways")
+_PULL = ("pull", "pulled", "pulling", "upturn", "upward", "raise", "raised", "lift", "lifted", "smile", "smiling")
+_STRETCH = ("stretch", "stretched", "stretching", "widen", "widened", "tense", "tightened", "pulled back")
+_SUCK = ("suck", "sucked", "sucking", "roll", "rolled", "tuck", "tucked", "press", "pressed", "compress")
+
+ACTION_UNITS = (
+    ActionUnit(0, "Left Eye Close", "left", "eye", _EYE, "closes", _CLOSE),
+    ActionUnit(1, "Right Eye Close", "right", "eye", _EYE, "closes", _CLOSE),
+    ActionUnit(2, "Left Lid Raise", "left", "upper eyelid", _EYE, "rises", _WIDEN),
+    ActionUnit(3, "Right Lid Raise", "right", "upper eyelid", _EYE, "rises", _WIDEN),
+    ActionUnit(4, "Left Brow Lower", "left", "brow", _BROW, "is lowered", _LOWER),
+    ActionUnit(5, "Right Brow Lower", "right", "brow", _BROW, "is lowered", _LOWER),
+    ActionUnit(6, "Left Brow Raise", "left", "brow", _BROW, "is raised", _RAISE),
+    ActionUnit(7, "Right Brow Raise", "right", "brow", _BROW, "is raised", _RAISE),
+    ActionUnit(8, "Jaw Drop", None, "jaw", _JAW, "drops", ("drop", "dropped", "open", "opened", "lower", "part")),
+    ActionUnit(9, "Jaw Slide Left", "left", "jaw", _JAW, "slides to the left", _SLIDE),
+    ActionUnit(10, "Jaw Slide Right", "right", "jaw", _JAW, "slides to the right", _SLIDE),
+    ActionUnit(11, "Left Lip Corner Pull", "left", "lip corner", _CORNER, "is pulled up", _PULL),
+    ActionUnit(12, "Right Lip Corner Pull", "right", "lip corner", _CORNER, "is pulled up", _PULL),
+    ActionUnit(13, "Left Lip Corner Stretch", "left", "lip corner", _CORNER, "is stretched outward", _STRETCH),
+    ActionUnit(14, "Right Lip Corner Stretch", "right", "lip corner", _CORNER, "is stretched outward", _STRETCH),
+    ActionUnit(15, "Upper Lip Suck", None, "upper lip", _UPPER_LIP, "is sucked in", _SUCK),
+    ActionUnit(16, "Lower Lip Suck", None, "lower lip", _LOWER_LIP, "is sucked in", _SUCK),
+    ActionUnit(17, "Jaw Thrust", None, "jaw", _JAW, "thrusts forward", ("thrust", "forward", "jut", "push")),
+    ActionUnit(18, "Upper Lip Raise", None, "upper lip", _UPPER_LIP, "is raised", _RAISE + ("curl", "sneer")),
+    ActionUnit(19, "Lower Lip Depress", None, "lower lip", _LOWER_LIP, "is pulled down", _LOWER + ("depress",)),
+    ActionUnit(20, "Chin Raise", None, "chin", ("chin",), "is raised", _RAISE + ("push", "pushed", "tense")),
+    ActionUnit(21, "Lip Pucker", None, "lips", ("lip", "lips", "mouth"), "pucker", ("pucker", "purse", "pout")),
+    ActionUnit(22, "Cheeks Puff", None, "cheeks", ("cheek", "cheeks"), "puff out", ("puff", "inflat", "swell")),
+    ActionUnit(23, "Nose Wrinkle", None, "nose", ("nose", "nasal"), "wrinkles", ("wrinkl", "scrunch", "crinkl")),
+)
+AU_NAMES = tuple(unit.name for unit in ACTION_UNITS)
+NUM_ACTION_UNITS = len(ACTION_UNITS)
+AU_INDEX = {unit.name: unit.index for unit in ACTION_UNITS}
+
+# Degree words, by intensity band. An AU counts as present above PRESENCE_THRESHOLD; its degree word is the band its
+# intensity falls in. The bands cut FEAFA's 0..1 scale where the official engine outputs change their wording.
+PRESENCE_THRESHOLD = 0.0
+DEGREE_BANDS = (
+    ("slight", 0.0, 0.2, ("slight", "slightly", "subtle", "subtly", "minimal", "minimally", "faint", "barely", "small")),
+    ("mild", 0.2, 0.4, ("mild", "mildly", "gentle", "gently", "light", "lightly", "modest", "modestly")),
+    ("moderate", 0.4, 0.6, ("moderate", "moderately", "noticeable", "noticeably", "notable", "notably", "clear")),
+    ("strong", 0.6, float("inf"), (
+        "strong", "strongly", "pronounced", "marked", "markedly", "significant", "significantly", "intense",
+        "intensely", "substantial", "considerable", "extreme", "wide", "widely", "high",
+    )),
+)
+DEGREE_NAMES = tuple(band[0] for band in DEGREE_BANDS)
+
+
+def degree_of(intensity):
+    """The band name ("slight", "mild", "moderate", "strong") of a positive AU intensity."""
+    if not 0.0 <= intensity < float("inf"):
+        raise ValueError(f"AU intensity must be a finite number >= 0, got {intensity!r}")
+    return next(name for name, _, high, _ in DEGREE_BANDS if intensity <= high)
+
+
+def active_action_units(au_vector):
+    """(ActionUnit, intensity) pairs of the positive AUs of a 24-value vector, strongest first."""
+    if len(au_vector) != NUM_ACTION_UNITS:
+        raise ValueError(f"an AU vector has {NUM_ACTION_UNITS} values (FEAFA order), got {len(au_vector)}")
+    pairs = [(unit, float(value)) for unit, value in zip(ACTION_UNITS, au_vector) if float(value) > PRESENCE_THRESHOLD]
+    return sorted(pairs, key=lambda pair: -pair[1])
+
+
+# Typical AU intensities of each expression, by AU name (absent = 0). The synthetic-face sampler draws around these and
+# the offline CoT writer reads from them which AUs support which expression. They follow the usual FACS descriptions
+# translated to FEAFA's units (FEAFA has no lip-corner depressor, so sadness leans on the lower lip and chin).
+EXPRESSION_PROTOTYPES = {
+    "Neutral": {},
+    "Happiness": {
+        "Left Lip Corner Pull": 0.75, "Right Lip Corner Pull": 0.75, "Left Eye Close": 0.3, "Right Eye Close": 0.3,
+        "Jaw Drop": 0.2,
+    },
+    "Sadness": {
+        "Left Brow Lower": 0.35, "Right Brow Lower": 0.35, "Lower Lip Depress": 0.45, "Chin Raise": 0.5,
+        "Left Eye Close": 0.25, "Right Eye Close": 0.25,
+    },
+    "Surprise": {
+        "Left Lid Raise": 0.65, "Right Lid Raise": 0.65, "Left Brow Raise": 0.75, "Right Brow Raise": 0.75,
+        "Jaw Drop": 0.65,
+    },
+    "Fear": {
+        "Left Lid Raise": 0.7, "Right Lid Raise": 0.7, "Left Brow Raise": 0.45, "Right Brow Raise": 0.45,
+        "Left Brow Lower": 0.3, "Right Brow Lower": 0.3, "Left Lip Corner Stretch": 0.65,
+        "Right Lip Corner Stretch": 0.65, "Jaw Drop": 0.3,
+    },
+    "Disgust": {
+        "Nose Wrinkle": 0.75, "Upper Lip Raise": 0.65, "Left Brow Lower": 0.4, "Right Brow Lower": 0.4,
+        "Left Eye Close": 0.3, "Right Eye Close": 0.3, "Chin Raise": 0.25,
+    },
+    "Anger": {
+        "Left Brow Lower": 0.8, "Right Brow Lower": 0.8, "Left Lid Raise": 0.3, "Right Lid Raise": 0.3,
+        "Upper Lip Suck": 0.4, "Lower Lip Suck": 0.4, "Jaw Thrust": 0.3, "Chin Raise": 0.35,
+    },
+    "Contempt": {"Right Lip Corner Pull": 0.6, "Right Lip Corner Stretch": 0.2, "Jaw Slide Right": 0.15},
+}
+
+
+def prototype_vector(label):
+    """The 24-value AU prototype of a label, in FEAFA order."""
+    prototype = EXPRESSION_PROTOTYPES[label]
+    return [prototype.get(name, 0.0) for name in AU_NAMES]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Exp-CoT format and the model's questions
+
+# The three sections of a refined Exp-CoT, in order. Rendered as "**<header>:** <text>" blocks separated by a blank line.
+COT_SECTIONS = ("Key Observations", "Overall Emotional Interpretation", "Conclusion")
+COT_MAX_WORDS = 130
+
+FER_QUESTION = (
+    "Which facial expression does this face show? Answer with exactly one word from: "
+    + ", ".join(EXPRESSION_LABELS) + "."
+)
+COT_QUESTION = (
+    "Analyse this face step by step: name the facial action units you see and how strongly they act, explain what "
+    "they mean together, and conclude with the expression they point to."
+)
+SYSTEM_PROMPT = (
+    "A user shows an assistant photographs of faces. The assistant reads facial action units carefully and answers "
+    "questions about expressions accurately and concisely."
+)
