@@ -103,48 +103,78 @@ class ActionUnit:
     part_words: tuple  # words that name the part in free text
     movement: str  # canonical verb phrase used in generated text
     movement_words: tuple  # word stems that describe the movement in free text
+    # Words that name the whole action on their own, the part implied ("squint", "smile", "frown"); none by default.
+    cue_words: tuple = ()
 
 
 _EYE = ("eye", "eyes", "eyelid", "eyelids", "lid", "lids")
 _BROW = ("brow", "brows", "eyebrow", "eyebrows")
 _JAW = ("jaw", "mouth")
-_CORNER = ("lip corner", "lip corners", "mouth corner", "mouth corners", "corner of the mouth", "corners of the mouth")
+_CORNER = (
+    "lip corner", "lip corners", "mouth corner", "mouth corners", "corner of the mouth", "corners of the mouth",
+    "corner of the lips", "corners of the lips", "corner of the lip", "corners of the lip", "corner", "corners",
+)
 _UPPER_LIP = ("upper lip",)
 _LOWER_LIP = ("lower lip",)
-_CLOSE = ("close", "closed", "closing", "closure", "shut", "squint", "narrow", "blink")
-_WIDEN = ("raise", "raised", "raising", "widen", "widened", "wide", "open", "opened", "lift", "lifted", "elevat")
-_LOWER = ("lower", "lowered", "lowering", "furrow", "knit", "draw", "drawn", "pull down", "pulled down", "frown")
-_RAISE = ("raise", "raised", "raising", "lift", "lifted", "lifting", "elevat", "arch", "up")
-_SLIDE = ("slide", "slid", "sliding", "shift", "shifted", "sideways")
-_PULL = ("pull", "pulled", "pulling", "upturn", "upward", "raise", "raised", "lift", "lifted", "smile", "smiling")
-_STRETCH = ("stretch", "stretched", "stretching", "widen", "widened", "tense", "tightened", "pulled back")
-_SUCK = ("suck", "sucked", "sucking", "roll", "rolled", "tuck", "tucked", "press", "pressed", "compress")
+_CLOSE = ("close", "closed", "closing", "closure", "shut", "squint", "narrow", "blink", "squeeze", "droop")
+_WIDEN = (
+    "raise", "raised", "raising", "widen", "widened", "wide", "open", "opened", "lift", "lifted", "elevat", "rise",
+    "rose",
+)
+_LOWER = (
+    "lower", "lowered", "lowering", "furrow", "knit", "draw", "drawn", "pull down", "pulled down", "frown", "down",
+    "downward", "pinch", "scowl",
+)
+_RAISE = ("raise", "raised", "raising", "lift", "lifted", "lifting", "elevat", "arch", "up", "rise", "rose", "upward")
+_SLIDE = ("slide", "slid", "sliding", "shift", "shifted", "sideways", "lateral", "leftward", "rightward")
+_PULL = (
+    "pull", "pulled", "pulling", "upturn", "upward", "raise", "raised", "lift", "lifted", "smile", "smiling", "rise",
+    "rose", "elevat", "uplift", "curve", "up",
+)
+_STRETCH = ("stretch", "stretched", "stretching", "widen", "widened", "tense", "tightened", "pulled back", "retract")
+_SUCK = ("suck", "sucked", "sucking", "roll", "rolled", "tuck", "tucked", "press", "pressed", "compress", "inward")
+_SMILE = ("smile", "smiling", "grin")
 
 ACTION_UNITS = (
-    ActionUnit(0, "Left Eye Close", "left", "eye", _EYE, "closes", _CLOSE),
-    ActionUnit(1, "Right Eye Close", "right", "eye", _EYE, "closes", _CLOSE),
-    ActionUnit(2, "Left Lid Raise", "left", "upper eyelid", _EYE, "rises", _WIDEN),
-    ActionUnit(3, "Right Lid Raise", "right", "upper eyelid", _EYE, "rises", _WIDEN),
-    ActionUnit(4, "Left Brow Lower", "left", "brow", _BROW, "is lowered", _LOWER),
-    ActionUnit(5, "Right Brow Lower", "right", "brow", _BROW, "is lowered", _LOWER),
+    ActionUnit(0, "Left Eye Close", "left", "eye", _EYE, "closes", _CLOSE, ("squint",)),
+    ActionUnit(1, "Right Eye Close", "right", "eye", _EYE, "closes", _CLOSE, ("squint",)),
+    ActionUnit(2, "Left Lid Raise", "left", "upper eyelid", _EYE, "rises", _WIDEN, ("wide eyed",)),
+    ActionUnit(3, "Right Lid Raise", "right", "upper eyelid", _EYE, "rises", _WIDEN, ("wide eyed",)),
+    ActionUnit(4, "Left Brow Lower", "left", "brow", _BROW, "is lowered", _LOWER, ("frown", "furrow", "scowl")),
+    ActionUnit(5, "Right Brow Lower", "right", "brow", _BROW, "is lowered", _LOWER, ("frown", "furrow", "scowl")),
     ActionUnit(6, "Left Brow Raise", "left", "brow", _BROW, "is raised", _RAISE),
     ActionUnit(7, "Right Brow Raise", "right", "brow", _BROW, "is raised", _RAISE),
-    ActionUnit(8, "Jaw Drop", None, "jaw", _JAW, "drops", ("drop", "dropped", "open", "opened", "lower", "part")),
+    ActionUnit(
+        8, "Jaw Drop", None, "jaw", _JAW, "drops", ("drop", "dropped", "open", "opened", "lower", "part", "slack"),
+        ("gape", "agape", "open mouthed"),
+    ),
     ActionUnit(9, "Jaw Slide Left", "left", "jaw", _JAW, "slides to the left", _SLIDE),
     ActionUnit(10, "Jaw Slide Right", "right", "jaw", _JAW, "slides to the right", _SLIDE),
-    ActionUnit(11, "Left Lip Corner Pull", "left", "lip corner", _CORNER, "is pulled up", _PULL),
-    ActionUnit(12, "Right Lip Corner Pull", "right", "lip corner", _CORNER, "is pulled up", _PULL),
+    ActionUnit(11, "Left Lip Corner Pull", "left", "lip corner", _CORNER, "is pulled up", _PULL, _SMILE),
+    ActionUnit(12, "Right Lip Corner Pull", "right", "lip corner", _CORNER, "is pulled up", _PULL, _SMILE),
     ActionUnit(13, "Left Lip Corner Stretch", "left", "lip corner", _CORNER, "is stretched outward", _STRETCH),
     ActionUnit(14, "Right Lip Corner Stretch", "right", "lip corner", _CORNER, "is stretched outward", _STRETCH),
     ActionUnit(15, "Upper Lip Suck", None, "upper lip", _UPPER_LIP, "is sucked in", _SUCK),
     ActionUnit(16, "Lower Lip Suck", None, "lower lip", _LOWER_LIP, "is sucked in", _SUCK),
     ActionUnit(17, "Jaw Thrust", None, "jaw", _JAW, "thrusts forward", ("thrust", "forward", "jut", "push")),
-    ActionUnit(18, "Upper Lip Raise", None, "upper lip", _UPPER_LIP, "is raised", _RAISE + ("curl", "sneer")),
-    ActionUnit(19, "Lower Lip Depress", None, "lower lip", _LOWER_LIP, "is pulled down", _LOWER + ("depress",)),
+    ActionUnit(
+        18, "Upper Lip Raise", None, "upper lip", _UPPER_LIP, "is raised", _RAISE + ("curl", "sneer"), ("sneer", "snarl")
+    ),
+    ActionUnit(
+        19, "Lower Lip Depress", None, "lower lip", _LOWER_LIP, "is pulled down", _LOWER + ("depress", "droop", "sag")
+    ),
     ActionUnit(20, "Chin Raise", None, "chin", ("chin",), "is raised", _RAISE + ("push", "pushed", "tense")),
-    ActionUnit(21, "Lip Pucker", None, "lips", ("lip", "lips", "mouth"), "pucker", ("pucker", "purse", "pout")),
-    ActionUnit(22, "Cheeks Puff", None, "cheeks", ("cheek", "cheeks"), "puff out", ("puff", "inflat", "swell")),
-    ActionUnit(23, "Nose Wrinkle", None, "nose", ("nose", "nasal"), "wrinkles", ("wrinkl", "scrunch", "crinkl")),
+    ActionUnit(
+        21, "Lip Pucker", None, "lips", ("lip", "lips", "mouth"), "pucker", ("pucker", "purse", "pout"),
+        ("pucker", "purse", "pout"),
+    ),
+    ActionUnit(
+        22, "Cheeks Puff", None, "cheeks", ("cheek", "cheeks"), "puff out", ("puff", "inflat", "swell"), ("puff",)
+    ),
+    ActionUnit(
+        23, "Nose Wrinkle", None, "nose", ("nose", "nasal", "nostril", "nostrils"), "wrinkles",
+        ("wrinkl", "scrunch", "crinkl"), ("wrinkl", "scrunch"),
+    ),
 )
 AU_NAMES = tuple(unit.name for unit in ACTION_UNITS)
 NUM_ACTION_UNITS = len(ACTION_UNITS)

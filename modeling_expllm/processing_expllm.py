@@ -1,0 +1,154 @@
+"""ExpLLM processor: the image processor and the tokenizer, a Vicuna-style chat template with `{% generation %}` markers
+(so assistant-only loss masks come from `apply_chat_template(..., return_assistant_tokens_mask=True)`), `<image>`
+expanded to one token per image patch, and the inputs of the fast label-probability call.
+"""
+
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PROMPT
+
+# Vicuna v1 conversation layout, which the language model was tuned on: "SYSTEM USER: ... ASSISTANT: ...</s>USER: ...".
+# Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only the
+# assistant answers and their end-of-turn token sit inside {% generation %}: they are what training puts loss on.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for part in content -%}"
+    "{%- if part['type'] == 'image' -%}{{ image_token }}\n"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{- bos_token -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{{- render(messages[0]['content']) + ' ' -}}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{{- '" + SYSTEM_PROMPT.replace("'", "\\'") + " ' -}}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + render(message['content']) + ' ' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}"
+    "{%- generation -%}{{- render(message['content']) + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}{{- raise_exception('roles must be system (first), user or assistant, got ' + message['role']) -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)
+
+
+class ExpLLMProcessor(ProcessorMixin):
+    r"""
+    Constructs an ExpLLM processor from an [`ExpLLMImageProcessor`] and a tokenizer.
+
+    Args:
+        image_processor ([`ExpLLMImageProcessor`]): pads, resizes and normalises faces.
+        tokenizer ([`PreTrainedTokenizerBase`]): the language model's tokenizer, with the image token added.
+        chat_template (`str`, *optional*): defaults to the Vicuna-style template above.
+        image_token (`str`, *optional*, defaults to `"<image>"`): placeholder for one image in the text.
+        patch_size (`int`, *optional*, defaults to 14): the vision tower's patch size; an image becomes
+            (height / patch_size) x (width / patch_size) image tokens.
+        fer_question (`str`, *optional*): the label question (defaults to the release's).
+        cot_question (`str`, *optional*): the step-by-step analysis question (defaults to the release's).
+    """
+
+    _auto_class = "AutoProcessor"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        image_token="<image>",
+        patch_size=14,
+        fer_question=FER_QUESTION,
+        cot_question=COT_QUESTION,
+        **kwargs,
+    ):
+        self.image_token = image_token
+        self.patch_size = patch_size
+        self.fer_question = fer_question
+        self.cot_question = cot_question
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE, **kwargs)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {image_token!r} token; add it as a special token first")
+
+    def replace_image_token(self, image_inputs, image_idx, **kwargs):
+        height, width = image_inputs["pixel_values"][image_idx].shape[-2:]
+        return self.image_token * ((height // self.patch_size) * (width // self.patch_size))
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        # The template writes the image placeholder with the processor's own image token.
+        kwargs.setdefault("image_token", self.image_token)
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Conversations of the release: one FER round, or a CoT round followed by the label round (DESIGN section 6).
+
+    def fer_messages(self, label=None):
+        """The label question about one image, with the answer when `label` is given."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.fer_question}]}]
+        if label is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": label}]})
+        return messages
+
+    def cot_messages(self, cot=None, label=None):
+        """The step-by-step question; with `cot` its answer, and with `label` too, the label round after it."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.cot_question}]}]
+        if cot is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": cot}]})
+            if label is not None:
+                messages.append({"role": "user", "content": [{"type": "text", "text": self.fer_question}]})
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": label}]})
+        return messages
+
+    # ------------------------------------------------------------------------------------------------------------------
+    # Inputs of `ExpLLMForConditionalGeneration.predict_expression`
+
+    def label_token_ids(self, labels=EXPRESSION_LABELS):
+        """Token ids of each label as the assistant's whole answer (label then end of turn), right-padded.
+
+        They are what the chat template puts after the generation prompt, computed by tokenising the prompt with and
+        without the answer, so that scoring a label and training on it see exactly the same tokens.
+        """
+        prompt = self.apply_chat_template(self.fer_messages(), add_generation_prompt=True)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        candidates = []
+        for label in labels:
+            full = self.apply_chat_template(self.fer_messages(label))
+            full_ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
+            if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+                raise ValueError(
+                    f"the tokenizer merges the answer {label!r} into the generation prompt; label scoring needs the "
+                    "prompt to end on a token boundary"
+                )
+            candidates.append(full_ids[len(prompt_ids) :])
+        longest = max(len(ids) for ids in candidates)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        candidate_ids = torch.full((len(candidates), longest), pad_id, dtype=torch.long)
+        candidate_attention_mask = torch.zeros((len(candidates), longest), dtype=torch.long)
+        for row, ids in enumerate(candidates):
+            candidate_ids[row, : len(ids)] = torch.tensor(ids)
+            candidate_attention_mask[row, : len(ids)] = 1
+        return candidate_ids, candidate_attention_mask
+
+    def expression_inputs(self, images, labels=EXPRESSION_LABELS):
+        """Everything `model.predict_expression(**inputs)` needs to score `labels` for each image, in one batch."""
+        labels = list(labels)
+        unknown = [label for label in labels if label not in EXPRESSION_LABELS]
+        if unknown or not labels:
+            raise ValueError(f"labels must be a non-empty subset of {EXPRESSION_LABELS}, got unknown {unknown}")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        prompt = self.apply_chat_template(self.fer_messages(), add_generation_prompt=True)
+        inputs = self(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
+        candidate_ids, candidate_attention_mask = self.label_token_ids(labels)
+        # Label names pass through the model untouched, so its output says which probability is which label.
+        return BatchFeature(
+            {
+                **inputs,
+                "candidate_ids": candidate_ids,
+                "candidate_attention_mask": candidate_attention_mask,
+                "candidate_labels": labels,
+            }
+        )
+
+
+__all__ = ["ExpLLMProcessor"]

@@ -1,0 +1,87 @@
+"""Tiny ExpLLM parts built offline, for tests, the demo and benchmarks: a tokenizer trained in-process on the release's
+own words, and randomly initialised DINOv2 / Llama checkpoints saved as ordinary Hub-style folders, which
+`ExpLLMForConditionalGeneration.from_backbones` then loads exactly as it would load the real ones.
+"""
+
+import os
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from . import vocabulary
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+
+
+def vocabulary_corpus():
+    """Every word of the release's vocabulary, questions and conversation format, as training text."""
+    texts = [vocabulary.SYSTEM_PROMPT, vocabulary.FER_QUESTION, vocabulary.COT_QUESTION, "USER: ASSISTANT:"]
+    texts += [" ".join(words) for words in vocabulary.LABEL_SYNONYMS.values()]
+    texts += [f"**{header}:**" for header in vocabulary.COT_SECTIONS]
+    for unit in vocabulary.ACTION_UNITS:
+        texts += [unit.name, unit.part, unit.movement, " ".join(unit.part_words), " ".join(unit.movement_words)]
+    texts += [" ".join(band[3]) for band in vocabulary.DEGREE_BANDS]
+    return texts
+
+
+def train_tokenizer(extra_texts=(), vocab_size=1024):
+    """A Llama-style byte-fallback-free BPE tokenizer (metaspace pre-tokenisation, <s> prepended) trained on the
+    release's vocabulary plus `extra_texts`. Deterministic for the same texts."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted(set("".join(vocabulary_corpus()) + "abcdefghijklmnopqrstuvwxyz0123456789.,;:!?'\"()-*#/\n"))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(list(vocabulary_corpus()) * 4 + list(extra_texts), trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny_backbones(
+    folder,
+    image_size=56,
+    patch_size=14,
+    vision_hidden_size=32,
+    vision_layers=2,
+    text_hidden_size=64,
+    text_layers=2,
+    num_attention_heads=4,
+    extra_texts=(),
+    seed=0,
+):
+    """Save a random tiny DINOv2 to `folder/vision` and a random tiny Llama with its tokenizer to `folder/text`."""
+    import torch
+
+    torch.manual_seed(seed)
+    vision_dir, text_dir = os.path.join(folder, "vision"), os.path.join(folder, "text")
+    vision_config = Dinov2Config(
+        hidden_size=vision_hidden_size,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=num_attention_heads,
+        mlp_ratio=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    Dinov2Model(vision_config).save_pretrained(vision_dir)
+
+    tokenizer = train_tokenizer(extra_texts)
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=text_hidden_size,
+        intermediate_size=2 * text_hidden_size,
+        num_hidden_layers=text_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(text_config).save_pretrained(text_dir)
+    tokenizer.save_pretrained(text_dir)
+    return vision_dir, text_dir
