@@ -1,5 +1,6 @@
 """ExpLLM as Hugging Face remote code: configuration, model, image processor and processor.
 
 `ExpLLMForConditionalGeneration.save_pretrained` copies the module files into the saved folder, so that
-`AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)` works where this package is not installed.
+`AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)` works where this package is
+not installed.
 """

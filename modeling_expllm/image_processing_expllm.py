@@ -1,9 +1,9 @@
 """ExpLLM image processor: the official preprocessing, without torchvision.
 
-Pad to a square with the mean colour (so a face is never cropped or stretched), resize to the vision tower's input size,
-rescale to 0..1 and normalise with the CLIP mean and std, as the official ExpLLM code does. Inputs may be PIL images in
-any mode, numpy arrays or torch tensors (HxW, HxWxC or CxHxW; uint8, uint16 or floats in 0..1), file paths, URLs,
-encoded bytes, or `datasets` image dicts; anything else raises an error that names it.
+Pad to a square with the mean colour (so a face is never cropped or stretched), resize to the vision tower's
+input size, rescale to 0..1 and normalise with the CLIP mean and std, as the official ExpLLM code does. Inputs may be
+PIL images in any mode, numpy arrays or torch tensors (HxW, HxWxC or CxHxW; uint8, uint16 or floats in 0..1), file
+paths, URLs, encoded bytes, or `datasets` image dicts; anything else raises an error that names it.
 """
 
 import io

@@ -1,5 +1,5 @@
-"""PyTorch ExpLLM: a DINOv2 vision tower whose final-LayerNorm patch tokens pass through a two-layer GELU projector into
-a Llama-family language model, which answers with an expression label or an Exp-CoT (DESIGN section 2).
+"""PyTorch ExpLLM: a DINOv2 vision tower whose final-LayerNorm patch tokens pass through a two-layer GELU projector
+into a Llama-family language model, which answers with an expression label or an Exp-CoT (DESIGN section 2).
 
 Layout follows transformers' LLaVA: `ExpLLMModel` is the backbone (vision tower, projector, language model) and returns
 `last_hidden_state`; `ExpLLMForConditionalGeneration` adds the `lm_head`, the loss, generation and the fast
@@ -352,7 +352,8 @@ class ExpLLMForConditionalGeneration(ExpLLMPreTrainedModel, GenerationMixin):
 
         vision_model = AutoModel.from_pretrained(vision_model_name_or_path, dtype=dtype)
         text_model = AutoModelForCausalLM.from_pretrained(text_model_name_or_path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path)
+        # Left padding: batched generation and label scoring read each prompt's last position.
+        tokenizer = AutoTokenizer.from_pretrained(text_model_name_or_path, padding_side="left")
 
         tokenizer.add_tokens(["<image>"], special_tokens=True)
         if tokenizer.pad_token is None:
@@ -361,7 +362,6 @@ class ExpLLMForConditionalGeneration(ExpLLMPreTrainedModel, GenerationMixin):
                 tokenizer.pad_token = tokenizer.unk_token
             else:
                 tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        tokenizer.padding_side = "left"  # batched generation and label scoring read the last position
         text_model.resize_token_embeddings(len(tokenizer))
 
         # The composite config holds the towers' own config objects, so attention settings stay shared with them.

@@ -1,6 +1,6 @@
-"""ExpLLM processor: the image processor and the tokenizer, a Vicuna-style chat template with `{% generation %}` markers
-(so assistant-only loss masks come from `apply_chat_template(..., return_assistant_tokens_mask=True)`), `<image>`
-expanded to one token per image patch, and the inputs of the fast label-probability call.
+"""ExpLLM processor: the image processor and the tokenizer, a Vicuna-style chat template with `{% generation %}`
+markers (so assistant-only loss masks come from `apply_chat_template(..., return_assistant_tokens_mask=True)`),
+`<image>` expanded to one token per image patch, and the inputs of the fast label-probability call.
 """
 
 import torch
@@ -10,8 +10,8 @@ from transformers.processing_utils import ProcessorMixin
 from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PROMPT
 
 # Vicuna v1 conversation layout, which the language model was tuned on: "SYSTEM USER: ... ASSISTANT: ...</s>USER: ...".
-# Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only the
-# assistant answers and their end-of-turn token sit inside {% generation %}: they are what training puts loss on.
+# Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only
+# the assistant answers and their end-of-turn token sit inside {% generation %}: they are what training puts loss on.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
@@ -80,7 +80,7 @@ class ExpLLMProcessor(ProcessorMixin):
         kwargs.setdefault("image_token", self.image_token)
         return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------------------
     # Conversations of the release: one FER round, or a CoT round followed by the label round (DESIGN section 6).
 
     def fer_messages(self, label=None):
@@ -100,7 +100,7 @@ class ExpLLMProcessor(ProcessorMixin):
                 messages.append({"role": "assistant", "content": [{"type": "text", "text": label}]})
         return messages
 
-    # ------------------------------------------------------------------------------------------------------------------
+    # ----------------------------------------------------------------------------------------------------------------
     # Inputs of `ExpLLMForConditionalGeneration.predict_expression`
 
     def label_token_ids(self, labels=EXPRESSION_LABELS):

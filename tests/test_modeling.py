@@ -1,0 +1,133 @@
+import pytest
+import torch
+from PIL import Image
+
+from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
+
+
+def faces(count):
+    """Plain coloured test images of different sizes (the model is random; content does not matter here)."""
+    return [Image.new("RGB", (40 + 10 * i, 60), (40 * i % 256, 100, 200 - 20 * i)) for i in range(count)]
+
+
+def fer_batch(processor, labels):
+    texts = [processor.apply_chat_template(processor.fer_messages(label)) for label in labels]
+    return processor(images=faces(len(labels)), text=texts, padding=True, return_tensors="pt")
+
+
+def test_forward_with_labels_gives_a_loss_that_trains_every_part(tiny_model):
+    model, processor = tiny_model
+    model.train()
+    batch = fer_batch(processor, ["Happiness", "Anger"])
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    outputs = model(**batch, labels=labels)
+    assert outputs.logits.shape[:2] == batch["input_ids"].shape
+    assert outputs.image_hidden_states.shape == (2, 16, model.config.text_config.hidden_size)
+    outputs.loss.backward()
+    for part in (model.model.vision_tower, model.model.multi_modal_projector, model.model.language_model):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_loss_ignores_masked_positions(tiny_model):
+    model, processor = tiny_model
+    batch = fer_batch(processor, ["Happiness"])
+    all_masked = torch.full_like(batch["input_ids"], -100)
+    one_target = all_masked.clone()
+    one_target[0, -1] = batch["input_ids"][0, -1]
+    with torch.no_grad():
+        logits = model(**batch).logits
+        loss = model(**batch, labels=one_target).loss
+    expected = torch.nn.functional.cross_entropy(logits[0, -2:-1], batch["input_ids"][0, -1:])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_image_token_mismatch_names_both_counts(tiny_model):
+    model, processor = tiny_model
+    batch = fer_batch(processor, ["Happiness"])
+    input_ids = batch["input_ids"].clone()
+    first_image_token = (input_ids[0] == model.config.image_token_id).nonzero()[0, 0]
+    input_ids[0, first_image_token] = processor.tokenizer.unk_token_id
+    with pytest.raises(ValueError, match="the text has 15 image tokens but the images give 16 image features"):
+        model(input_ids=input_ids, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
+    with pytest.raises(ValueError, match="16 image tokens but no pixel_values"):
+        model(input_ids=batch["input_ids"])
+
+
+def test_batched_generation_equals_unbatched(tiny_model):
+    model, processor = tiny_model
+    images = faces(3)
+    prompts = [
+        processor.apply_chat_template(processor.fer_messages(), add_generation_prompt=True),
+        processor.apply_chat_template(processor.cot_messages(), add_generation_prompt=True),
+        processor.apply_chat_template(processor.cot_messages("Brows lowered.", "Anger"), add_generation_prompt=True),
+    ]
+    batch = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) == 3  # really left-padded
+    generated = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for index, (image, prompt) in enumerate(zip(images, prompts)):
+        single = processor(images=[image], text=[prompt], return_tensors="pt")
+        alone = model.generate(**single, max_new_tokens=6, do_sample=False)[:, single["input_ids"].shape[1] :]
+        assert generated[index].tolist() == alone[0].tolist()
+
+
+def naive_log_likelihood(model, inputs, row, candidate):
+    """Score one candidate the slow way: run prompt + answer through the model and add its tokens' log-probs."""
+    answer = inputs["candidate_ids"][candidate][inputs["candidate_attention_mask"][candidate].bool()]
+    prompt = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
+    sequence = torch.cat([prompt, answer])[None]
+    with torch.no_grad():
+        logits = model(input_ids=sequence, pixel_values=inputs["pixel_values"][row : row + 1]).logits
+    log_probs = logits.log_softmax(-1)
+    start = len(prompt) - 1
+    return sum(log_probs[0, start + j, token].item() for j, token in enumerate(answer.tolist()))
+
+
+@pytest.mark.parametrize("labels", [EXPRESSION_LABELS, SEVEN_LABELS, ("Anger", "Neutral")])
+def test_label_probabilities_match_scoring_each_answer_separately(tiny_model, labels):
+    model, processor = tiny_model
+    inputs = processor.expression_inputs(faces(2), labels=labels)
+    prediction = model.predict_expression(**inputs)
+    assert prediction.labels == list(labels)
+    assert prediction.probabilities.shape == (2, len(labels))
+    torch.testing.assert_close(prediction.probabilities.sum(-1), torch.ones(2))
+    for row in range(2):
+        for candidate in range(len(labels)):
+            expected = naive_log_likelihood(model, inputs, row, candidate)
+            assert prediction.log_likelihoods[row, candidate].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_expression_inputs_reject_unknown_labels(tiny_model):
+    _, processor = tiny_model
+    with pytest.raises(ValueError, match="Joyful"):
+        processor.expression_inputs(faces(1), labels=["Happiness", "Joyful"])
+
+
+def test_bf16_and_gradient_checkpointing(tiny_model):
+    model, processor = tiny_model
+    model.activation_checkpointing_enable()
+    model.train()
+    batch = fer_batch(processor, ["Sadness", "Fear"])
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    model.to(torch.bfloat16).eval()
+    prediction = model.predict_expression(**processor.expression_inputs(faces(2)))
+    assert torch.isfinite(prediction.probabilities).all()
+
+
+def test_lora_attaches_to_query_and_value_of_both_towers(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny_model
+    config = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+        modules_to_save=["multi_modal_projector"],
+    )
+    peft_model = get_peft_model(model, config)
+    adapted = [name for name, _ in peft_model.named_parameters() if "lora_A" in name]
+    vision_layers = model.config.vision_config.num_hidden_layers
+    text_layers = model.config.text_config.num_hidden_layers
+    assert sum(".vision_tower." in name for name in adapted) == 2 * vision_layers
+    assert sum(".language_model." in name for name in adapted) == 2 * text_layers
+    assert all(name.endswith(("q_proj.lora_A.default.weight", "v_proj.lora_A.default.weight")) for name in adapted)
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector" in name for name in trainable)
+    assert not any("embed_tokens" in name or "lm_head" in name for name in trainable)

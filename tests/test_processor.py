@@ -1,0 +1,130 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_expllm.image_processing_expllm import ExpLLMImageProcessor
+from modeling_expllm.vocabulary import COT_QUESTION, FER_QUESTION
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def normalised(rgb):
+    return (np.array(rgb) / 255.0 - CLIP_MEAN) / CLIP_STD
+
+
+def test_pads_to_square_with_the_mean_colour_then_resizes():
+    processor = ExpLLMImageProcessor()
+    wide_red = Image.new("RGB", (300, 100), (255, 0, 0))
+    pixels = processor(wide_red, return_tensors="pt")["pixel_values"][0].numpy()
+    assert pixels.shape == (3, 224, 224)
+    np.testing.assert_allclose(pixels[:, 5, 112], 0.0, atol=0.02)  # padding band above the image: mean colour
+    np.testing.assert_allclose(pixels[:, 112, 112], normalised((255, 0, 0)), atol=0.02)  # content kept, not cropped
+    np.testing.assert_allclose(pixels[:, 112, 2], normalised((255, 0, 0)), atol=0.05)  # full width kept
+
+
+def encoded(image, fmt="PNG"):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def image_inputs(tmp_path):
+    """One of every input kind a user may pass, named for the test id."""
+    rgb = Image.new("RGB", (64, 48), (10, 200, 30))
+    path = tmp_path / "face.jpg"
+    rgb.save(path)
+    palette = Image.new("P", (20, 30))
+    palette.putpalette([255, 0, 0] * 256)
+    return {
+        "rgb": rgb,
+        "grayscale": Image.new("L", (50, 80), 128),
+        "rgba_transparent": Image.new("RGBA", (64, 64), (0, 0, 0, 0)),
+        "palette": palette,
+        "cmyk": Image.new("CMYK", (40, 40), (0, 255, 255, 0)),
+        "sixteen_bit": Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)),
+        "binary": Image.new("1", (16, 16), 1),
+        "huge": Image.new("RGB", (4000, 3000), (1, 2, 3)),
+        "tiny": Image.new("RGB", (1, 1), (255, 255, 255)),
+        "numpy_hw": np.zeros((20, 30), dtype=np.uint8),
+        "numpy_hwc": np.full((20, 30, 3), 255, dtype=np.uint8),
+        "numpy_hwc_alpha": np.zeros((20, 30, 4), dtype=np.uint8),
+        "numpy_chw_float": np.random.default_rng(0).random((3, 40, 40)),
+        "torch_chw": torch.rand(3, 32, 32),
+        "path_str": str(path),
+        "path_object": path,
+        "png_bytes": encoded(rgb),
+        "datasets_dict": {"bytes": encoded(rgb), "path": None},
+    }
+
+
+def test_accepts_every_image_kind(tmp_path):
+    processor = ExpLLMImageProcessor(size={"height": 56, "width": 56})
+    inputs = image_inputs(tmp_path)
+    pixels = processor(list(inputs.values()), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (len(inputs), 3, 56, 56)
+    assert torch.isfinite(pixels).all()
+    index = list(inputs).index("rgba_transparent")
+    torch.testing.assert_close(pixels[index], torch.zeros(3, 56, 56), atol=0.02, rtol=0)  # transparency -> mean
+
+
+def bad_inputs(tmp_path):
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("this is not an image")
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(encoded(Image.new("RGB", (200, 200), (9, 9, 9)), "JPEG")[:300])
+    return [
+        (str(tmp_path / "missing.png"), FileNotFoundError, "missing.png"),
+        (str(text_file), ValueError, "notes.jpg"),
+        (str(truncated), ValueError, "cut.jpg"),
+        (b"definitely not an image", ValueError, "bytes"),
+        (42, TypeError, "int"),
+        (None, TypeError, "NoneType"),
+        ({"text": "hello"}, TypeError, "dict"),
+        (np.zeros((5, 5, 7), dtype=np.uint8), ValueError, r"shape \(5, 5, 7\)"),
+        (np.zeros((2, 3, 4, 5), dtype=np.uint8), ValueError, r"shape \(2, 3, 4, 5\)"),
+        (np.zeros((0, 5), dtype=np.uint8), ValueError, r"shape \(0, 5\)"),
+        (np.full((4, 4), 2.0), ValueError, "0..1"),
+        (np.full((4, 4), np.nan), ValueError, "NaN"),
+        (np.zeros((4, 4), dtype=np.complex64), ValueError, "complex64"),
+    ]
+
+
+def test_bad_images_raise_clear_errors_naming_them(tmp_path):
+    processor = ExpLLMImageProcessor()
+    for item, error, message in bad_inputs(tmp_path):
+        with pytest.raises(error, match=message):
+            processor([Image.new("RGB", (8, 8)), item])
+
+
+def test_processor_expands_one_image_token_per_patch(tiny_model):
+    model, processor = tiny_model
+    prompt = processor.apply_chat_template(processor.fer_messages(), add_generation_prompt=True)
+    assert prompt.count("<image>") == 1 and prompt.endswith("ASSISTANT:")
+    batch = processor(images=[Image.new("RGB", (30, 90))], text=[prompt], return_tensors="pt")
+    assert (batch["input_ids"] == model.config.image_token_id).sum() == model.config.image_seq_length == 16
+    with pytest.raises(ValueError, match="1 <image> tokens .* 2 images|images"):
+        processor(images=[Image.new("RGB", (8, 8))] * 2, text=[prompt], return_tensors="pt")
+
+
+def test_default_questions_and_conversations(tiny_model):
+    _, processor = tiny_model
+    assert processor.fer_question == FER_QUESTION and processor.cot_question == COT_QUESTION
+    cot = processor.cot_messages("Some analysis.", "Anger")
+    assert [m["role"] for m in cot] == ["user", "assistant", "user", "assistant"]
+    assert cot[2]["content"][0]["text"] == FER_QUESTION and cot[3]["content"][0]["text"] == "Anger"
+
+
+def test_chat_template_marks_only_answers_for_loss(tiny_model):
+    _, processor = tiny_model
+    conversation = processor.cot_messages("Brows are lowered.", "Anger")
+    conversation[0]["content"][0]["image"] = Image.new("RGB", (20, 20))
+    encoded_batch = processor.apply_chat_template(
+        [conversation], tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt"
+    )
+    answer_ids = encoded_batch["input_ids"][0][encoded_batch["assistant_masks"][0].bool()]
+    eos = processor.tokenizer.eos_token
+    assert processor.tokenizer.decode(answer_ids).replace(" ", "") == f"Browsarelowered.{eos}Anger{eos}"

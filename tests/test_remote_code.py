@@ -1,0 +1,78 @@
+"""A saved ExpLLM folder is a complete Hub repo: it loads with the AutoClasses and the pipeline in a fresh Python
+process where this project is not importable."""
+
+import json
+import os
+
+import torch
+from PIL import Image
+
+from conftest import run_isolated
+
+LOAD_EVERYTHING = r"""
+import json, sys
+import torch
+from PIL import Image
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
+                          pipeline)
+
+folder = sys.argv[1]
+report = {"config": type(AutoConfig.from_pretrained(folder, trust_remote_code=True)).__name__}
+report["AutoModel"] = type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__
+report["AutoModelForCausalLM"] = type(AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)).__name__
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+report["AutoModelForImageTextToText"] = type(model).__name__
+report["processor"] = [type(processor).__name__, type(processor.image_processor).__name__]
+report["module"] = type(model).__module__
+face = Image.new("RGB", (70, 50), (180, 120, 90))
+report["probabilities"] = model.predict_expression(**processor.expression_inputs([face])).probabilities[0].tolist()
+pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
+question = {"type": "text", "text": processor.fer_question}
+messages = [{"role": "user", "content": [{"type": "image", "image": face}, question]}]
+answer = pipe(text=messages, max_new_tokens=4, return_full_text=False)
+report["pipeline_answer"] = answer[0]["generated_text"]
+print(json.dumps(report))
+"""
+
+
+def test_saved_folder_loads_with_auto_classes_and_pipeline_without_the_project(tiny_model, tmp_path):
+    model, processor = tiny_model
+    folder = str(tmp_path / "expllm-tiny")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+    files = set(os.listdir(folder))
+    assert {"configuration_expllm.py", "modeling_expllm.py", "processing_expllm.py", "vocabulary.py"} <= files
+    assert {"image_processing_expllm.py", "model.safetensors", "chat_template.jinja"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)  # safetensors only
+    auto_map = json.load(open(os.path.join(folder, "config.json")))["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == auto_map["AutoModelForImageTextToText"]
+
+    report = json.loads(run_isolated(LOAD_EVERYTHING, folder).strip().splitlines()[-1])
+    assert report["config"] == "ExpLLMConfig" and report["AutoModel"] == "ExpLLMModel"
+    assert report["AutoModelForImageTextToText"] == report["AutoModelForCausalLM"] == "ExpLLMForConditionalGeneration"
+    assert report["processor"] == ["ExpLLMProcessor", "ExpLLMImageProcessor"]
+    assert report["module"].startswith("transformers_modules.")  # the folder's copy of the code, not the project's
+    assert isinstance(report["pipeline_answer"], str) and report["pipeline_answer"]
+
+    face = Image.new("RGB", (70, 50), (180, 120, 90))
+    expected = model.predict_expression(**processor.expression_inputs([face])).probabilities[0]
+    torch.testing.assert_close(torch.tensor(report["probabilities"]), expected, atol=1e-5, rtol=0)
+
+
+def test_from_backbones_builds_from_local_tower_folders(tiny_backbones):
+    from transformers import AutoModel
+
+    from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
+
+    vision_dir, text_dir = tiny_backbones
+    model, processor = ExpLLMForConditionalGeneration.from_backbones(vision_dir, text_dir)
+    pretrained_vision = AutoModel.from_pretrained(vision_dir)
+    for name, tensor in pretrained_vision.state_dict().items():
+        torch.testing.assert_close(model.model.vision_tower.state_dict()[name], tensor)  # towers keep their weights
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == model.config.image_token_id
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer) == model.lm_head.out_features
+    assert processor.tokenizer.padding_side == "left" and processor.tokenizer.pad_token is not None
+    assert processor.image_processor.size.height == model.config.vision_config.image_size
+    assert not any(p.is_meta for p in model.parameters())
