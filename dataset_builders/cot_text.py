@@ -4,7 +4,8 @@ A refined Exp-CoT is three blocks, `**Key Observations:** ...`, `**Overall Emoti
 `**Conclusion:** ...`, separated by blank lines. This module writes that form (`format_cot`), reads it back tolerantly
 from whatever an LLM or a person wrote (`split_cot`), and reads what a text says about a face:
 
-- `find_au_mentions`: which FEAFA action units it describes as present, on which side of the subject, how strongly;
+- `find_au_mentions`: which FEAFA action units it describes as present (denials excluded), on which side of the
+  subject and how strongly;
 - `find_emotions`: which expression labels it names, and whether as the dominant reading, a secondary one or a denied
   one ("happiness rather than sadness", "no signs of anger");
 - `conclusion_label`: the one label a CoT settles on.
@@ -16,10 +17,17 @@ English that decide how those domain words relate: negators, hedges, side words,
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from modeling_expllm.vocabulary import ACTION_UNITS, COT_SECTIONS, DEGREE_BANDS, find_labels
 
-# ----------------------------------------------------------------------------------------------------------------------
+
+def _words(text):
+    """A set of words written as one string: the function-word tables below read better that way."""
+    return frozenset(text.split())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # The three sections
 
 
@@ -67,7 +75,7 @@ _SECTION_NAME = re.compile(
     "|".join(f"(?P<s{i}>{'|'.join(_name_variants(name))})" for i, name in enumerate(COT_SECTIONS)), re.IGNORECASE
 )
 _NUMBERING = r"(?:\(?\d{1,2}[.)][ \t]*)?"
-_HEADER_LEAD = re.compile(r"(?P<hashes>#{1,6}[ \t]*)?" + _NUMBERING + r"(?P<bold>\*\*|__)?[ \t]*" + _NUMBERING + r"$")
+_HEADER_LEAD = re.compile(r"(?P<hashes>#{1,6}[ \t]*)?" + _NUMBERING + r"(?P<bold>\*\*|__)?[ \t]*" + _NUMBERING + r"\Z")
 _HEADER_TAIL = re.compile(r"(?P<close>\*\*|__)?[ \t]*(?P<colon>:|[ \t]-[ \t]|[ \t]?[–—])?[ \t]*(?P<close2>\*\*|__)?")
 
 
@@ -76,14 +84,14 @@ def _find_headers(text):
     headers = []
     for match in _SECTION_NAME.finditer(text):
         section = next(int(key[1:]) for key, value in match.groupdict().items() if value is not None)
-        lead = _HEADER_LEAD.search(text, 0, match.start())
+        lead = _HEADER_LEAD.search(text, max(0, match.start() - 24), match.start())
         tail = _HEADER_TAIL.match(text, match.end())
         before = text[: lead.start()]
         rest_of_line = text[tail.end() :].split("\n", 1)[0]
         bold = lead.group("bold") is not None and (tail.group("close") or tail.group("close2")) is not None
         heading = lead.group("hashes") is not None and (before == "" or before.endswith("\n"))
         line_start = before.strip(" \t") == "" or before.rstrip(" \t").endswith("\n")
-        after_sentence = re.search(r"[.!?][\"')\]]*[ \t]+$", before) is not None
+        after_sentence = re.search(r"[.!?][\"')\]]*[ \t]*$", before) is not None
         colon = tail.group("colon") is not None
         if bold or heading or (line_start and (colon or not rest_of_line.strip())) or (after_sentence and colon):
             headers.append((section, lead.start(), tail.end()))
@@ -112,46 +120,55 @@ def split_cot(text):
     return CotSections(bodies.get(0, ""), bodies.get(1, ""), bodies.get(2, ""), missing)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Words, clauses and word forms
 
-_WORD = re.compile(r"[A-Za-z]+(?:['’][A-Za-z]+)?")
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-# Characters between two words that end a clause: a movement word in one clause never describes a part in another.
-_CLAUSE_BREAK = re.compile(r"[,;:.!?()\[\]—–\n]")
+# One scan finds words, sentence ends and other clause ends; a full stop inside a number ("0.35") ends nothing.
+_SCAN = re.compile(r"(?P<word>[A-Za-z]+(?:['’][A-Za-z]+)?)|(?P<sentence>[;!?\n]|\.(?!\d))|(?P<clause>[,:()\[\]—–])")
 # Words that open a new clause even without punctuation ("eyes close while the brows rise").
 _CLAUSE_WORDS = {"while", "whereas", "but", "although", "though", "yet", "however", "meanwhile", "whilst"}
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):  # a tuple: texts have hundreds of words and this is built for each
     word: str  # lower case, possessive dropped ("lip's" -> "lip")
     start: int
     end: int
     clause: int
+    sentence: int
 
 
 def _tokenize(text):
+    """Words of `text` with the clause and sentence each belongs to (a movement in one clause never describes a part
+    in another)."""
     tokens = []
-    clause = 0
-    previous_end = 0
-    for match in _WORD.finditer(text):
-        gap = _NUMBER.sub("", text[previous_end : match.start()])
-        word = re.sub(r"['’]s$", "", match.group().lower())
-        if _CLAUSE_BREAK.search(gap) or word in _CLAUSE_WORDS:
-            clause += 1
-        tokens.append(_Token(word, match.start(), match.end(), clause))
-        previous_end = match.end()
+    clause = sentence = 0
+    pending_clause = pending_sentence = False
+    for match in _SCAN.finditer(text):
+        kind = match.lastgroup
+        if kind == "sentence":
+            pending_clause = pending_sentence = True
+        elif kind == "clause":
+            pending_clause = True
+        else:
+            word = match.group().lower()
+            if word.endswith(("'s", "’s")):
+                word = word[:-2]
+            if tokens and (pending_clause or word in _CLAUSE_WORDS):
+                clause += 1
+            if tokens and pending_sentence:
+                sentence += 1
+            pending_clause = pending_sentence = False
+            tokens.append(_Token(word, match.start(), match.end(), clause, sentence))
     return tokens
 
 
 def _word_forms(word):
     """The inflections a vocabulary word or stem matches: "drop" -> dropped, dropping; "elevat" -> elevation..."""
-    forms = {word, word + "s", word + "es", word + "ed", word + "d", word + "ing", word + "e", word + "n", word + "ly"}
+    forms = {word, word + "s", word + "es", word + "ed", word + "d", word + "ing", word + "e", word + "n"}
     if word.endswith("e"):
         forms |= {word[:-1] + "ing", word[:-1] + "ed"}
     if word.endswith(("t", "ss")):
-        forms |= {word + "ion", word + "ions", word + "ed", word + "ing"}
+        forms |= {word + "ion", word + "ions"}
     vowels = "aeiou"
     if len(word) >= 3 and word[-1] not in vowels + "wxy" and word[-2] in vowels and word[-3] not in vowels:
         forms |= {word + word[-1] + "ed", word + word[-1] + "ing"}  # drop -> dropped, knit -> knitted
@@ -159,29 +176,40 @@ def _word_forms(word):
 
 
 class _PhraseMatcher:
-    """Finds vocabulary phrases (one or more words, each matched with its inflections) in a token list."""
+    """Finds vocabulary phrases of one or more words in a token list, left to right, longest match first.
 
-    def __init__(self, phrases):
-        # phrase -> payload set; one-word phrases match any form, the last word of longer ones too.
-        self.entries = []
+    The last word of a phrase matches its inflections (`inflect=True`, for movements and degrees) or only its plural
+    (for parts, so that "eyed" or "cornered" do not read as a part).
+    """
+
+    def __init__(self, phrases, inflect=True):
+        self.by_first_word = {}
         for phrase, payload in phrases.items():
             words = phrase.split()
-            pattern = [{word} for word in words[:-1]] + [_word_forms(words[-1])]
-            self.entries.append((pattern, payload))
-        self.entries.sort(key=lambda entry: -len(entry[0]))  # longest first
+            last_forms = _word_forms(words[-1]) if inflect else {words[-1], words[-1] + "s"}
+            pattern = [{word} for word in words[:-1]] + [last_forms]
+            for first_word in pattern[0]:
+                self.by_first_word.setdefault(first_word, []).append((pattern, payload))
+        for entries in self.by_first_word.values():
+            entries.sort(key=lambda entry: -len(entry[0]))
 
     def find(self, tokens, taken):
-        """(first token, last token, payload) of non-overlapping matches, skipping tokens in `taken`; updates it."""
+        """(first token, last token, payload) of the matches, skipping tokens in `taken`; adds what it matched."""
         found = []
-        for pattern, payload in self.entries:
-            for first in range(len(tokens) - len(pattern) + 1):
+        for first, token in enumerate(tokens):
+            if first in taken:
+                continue
+            for pattern, payload in self.by_first_word.get(token.word, ()):
                 span = range(first, first + len(pattern))
-                if any(i in taken for i in span) or tokens[first].clause != tokens[span[-1]].clause:
+                if span[-1] >= len(tokens) or any(i in taken for i in span):
                     continue
-                if all(tokens[i].word in forms for i, forms in zip(span, pattern)):
+                if tokens[span[-1]].clause == token.clause and all(
+                    tokens[i].word in forms for i, forms in zip(span, pattern)
+                ):
                     found.append((first, span[-1], payload))
                     taken.update(span)
-        return sorted(found)
+                    break
+        return found
 
 
 def _collect(attribute):
@@ -192,30 +220,66 @@ def _collect(attribute):
     return phrases
 
 
-_PARTS = _PhraseMatcher(_collect("part_words"))
+_PARTS = _PhraseMatcher(_collect("part_words"), inflect=False)
 _MOVEMENTS = _PhraseMatcher(_collect("movement_words"))
 _CUES = _PhraseMatcher(_collect("cue_words"))
 _DEGREES = _PhraseMatcher({word: name for name, _, _, words in DEGREE_BANDS for word in words})
-_PLURAL_PARTS = {phrase for phrase in _collect("part_words") if phrase.split()[0].endswith("s") or phrase.endswith("s")}
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
+# Denial
+
+_NEGATORS = _words(
+    "no not without absence absent lack lacks lacking devoid free nor neither never none zero nothing isn't aren't "
+    "doesn't don't didn't instead than"  # "instead of a smile", "(rather) than raised brows"
+)
+_LIST_OPENERS = {"like", "including", "e.g"}
+_LIST_REACH = 8  # "no signs of negative emotions, such as ...": the negator stands at most this far before "such as"
+
+
+def _denied_lists(tokens, within_clause=False):
+    """Indices of tokens inside an example list that a denial governs, before or after it: "the absence of tension,
+    such as furrowed brows or pursed lips", "signs such as frowning or furrowed brows are absent"."""
+    denied = set()
+    for j, token in enumerate(tokens):
+        if not (token.word in _LIST_OPENERS or (token.word == "as" and j > 0 and tokens[j - 1].word == "such")):
+            continue
+        scope = "clause" if within_clause else "sentence"
+        items = []
+        for k in range(j + 1, len(tokens)):
+            if getattr(tokens[k], scope) != getattr(token, scope) or tokens[k].word in _CLAUSE_WORDS:
+                break
+            items.append(k)
+        before = {t.word for t in tokens[max(0, j - _LIST_REACH) : j] if t.sentence == token.sentence}
+        after = {tokens[k].word for k in items}
+        if _NEGATORS & before or {"absent", "missing", "lacking"} & after or "not" in after:
+            denied.update(items)
+    return denied
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Action unit mentions
 
-_NEGATORS = {
-    "no", "not", "without", "absence", "absent", "lack", "lacks", "lacking", "devoid", "free", "nor", "neither", "never",
-    "none", "zero", "nothing", "isn't", "aren't", "doesn't", "don't", "didn't", "rather", "instead",
-}
-# Negators that follow what they deny: "the jaw movement is absent", "brows remain neutral".
-_TRAILING_NEGATORS = {"absent", "neutral", "inactive", "still", "unchanged", "unengaged", "unaffected", "relaxed"}
+# Words that follow what they deny: "the jaw movement is absent", "brows remain neutral".
+_TRAILING_NEGATORS = {"absent", "neutral", "inactive", "still", "unchanged", "unengaged", "unaffected"}
 _SIDE_BOTH = {"both", "bilateral", "bilaterally", "symmetrical", "symmetric", "symmetrically", "each", "two", "either"}
 _SIDE_WORDS = {"left": "left", "leftward": "left", "right": "right", "rightward": "right"}
 # Words that may sit between two parts sharing one movement ("raised eyelids and brows").
 _COORDINATION = {"and", "or", "as", "well", "both", "the", "a", "an", "its", "their", "with", "of", "along", "plus"}
-# Words that weaken a degree word that follows them ("less pronounced"): the degree then says nothing reliable.
+# Words that empty a degree word that follows them ("less pronounced"): it then says nothing reliable.
 _DEGREE_SOFTENERS = {"less", "lesser", "not", "no", "without"}
-_PAIR_WINDOW = 4  # at most this many words between a part and its movement
-_DEGREE_WINDOW = 3  # a degree word this close to the mention belongs to it
+# Words after a degree word that make it something else: a comparison ("slightly less closed"), a verb ("marked by"),
+# or a sentence adverb ("notably, the brows ...", "notably the closure ...").
+_DEGREE_BREAKERS = {"less", "more", "by", "the", "a", "an", "this", "these", "that", "than"}
+# Words that say a part is active without saying how ("lip movements", "the upper lip's activation (0.69)").
+_ACTIVITY_WORDS = _words(
+    "movement movements motion motions move moves moving activity activation activations activated active engagement "
+    "engaged involvement action actions tension dynamics change changes value values score scores scored intensity"
+)
+_PAIR_WINDOW = 4  # a part and its movement have fewer than this many words between them
+_DEGREE_WINDOW = 3  # a degree word this close to the statement belongs to it
 _NEGATION_WINDOW = 5
+_ELLIPSIS_REACH = 8  # "the left eyelid is raised (0.74) and the right at 0.73": the other side this far after
+_SIDE_REACH = 5  # side words this far before a statement, up to another statement's words, belong to it
 
 
 @dataclass(frozen=True)
@@ -224,9 +288,13 @@ class AUMention:
 
     `au` indexes `ACTION_UNITS`. `side` is what the text states, on the subject's own side: "left", "right", "both" or
     None (nothing said: a bare "the brow" or a midline part). A statement about both sides, or about a bilateral part
-    without a side, yields one mention for each of the two units. `degree` is the band name of a degree word next to
-    the mention, or None. `implied` marks a mention named by a cue word alone ("a smile", "squinting"), which is
-    evidence of the movement but less literal than a part with its movement. `start`/`end` is the character span.
+    without a side, yields one mention for each of the two units; a statement whose words fit several units ("lip
+    sucking": upper and lower) yields one for each. Mentions of one statement share `start`/`end`, the character span.
+    `degree` is the band name of a degree word next to the statement, or None.
+
+    `kind` says how literal the statement is: "explicit" (a part with its movement: "the brows are raised"), "cue" (a
+    word that names the movement alone: "a smile", "squinting") or "generic" (a part said to be active without saying
+    how: "subtle lip movements"; only returned on request, and then one mention per unit of that part).
     """
 
     au: int
@@ -234,56 +302,68 @@ class AUMention:
     degree: str | None
     start: int
     end: int
-    implied: bool = False
+    kind: str = "explicit"
 
     @property
     def name(self):
         return ACTION_UNITS[self.au].name
 
 
-def _is_negated(tokens, first, last):
-    clause = tokens[first].clause
-    before = [t.word for t in tokens[max(0, first - _NEGATION_WINDOW) : first] if t.clause == clause]
-    after = [t.word for t in tokens[last + 1 : last + 4] if t.clause == clause]
-    return bool(_NEGATORS & set(before)) or bool(_TRAILING_NEGATORS & set(after)) or "not" in after[:2]
+def _gap(a, b):
+    """Number of tokens strictly between token spans a and b (first, last, ...)."""
+    return max(b[0] - a[1], a[0] - b[1]) - 1
 
 
-def _stated_side(tokens, first, last, part_phrase):
+def _is_negated(tokens, first, last, denied):
+    """Whether the statement over tokens first..last is denied: "no jaw drop", "brows are not raised", "... absent"."""
     clause = tokens[first].clause
-    window = [t.word for t in tokens[max(0, first - 3) : last + 3] if t.clause == clause]
+    before = {t.word for t in tokens[max(0, first - _NEGATION_WINDOW) : first] if t.clause == clause}
+    inside = {t.word for t in tokens[first : last + 1]}
+    after = {t.word for t in tokens[last + 1 : last + 4] if t.clause == clause}
+    return bool(_NEGATORS & (before | inside)) or bool(_TRAILING_NEGATORS & after) or first in denied
+
+
+def _stated_side(tokens, span, part_words, busy):
+    """The side a statement states: "left", "right", "both" (both named, "both", "bilateral", a plural) or None."""
+    clause = tokens[span[0]].clause
+    first = span[0]
+    while first > 0 and span[0] - first < _SIDE_REACH and tokens[first - 1].clause == clause and first - 1 not in busy:
+        first -= 1  # "a slight left and mild right eye close": reach back to "left"
+    window = {t.word for t in tokens[first : span[1] + 3] if t.clause == clause}
     sides = {_SIDE_WORDS[word] for word in window if word in _SIDE_WORDS}
-    if _SIDE_BOTH & set(window) or len(sides) == 2:
+    if _SIDE_BOTH & window or len(sides) == 2:
         return "both"
     if sides:
         return sides.pop()
-    if part_phrase is not None and part_phrase in _PLURAL_PARTS:
-        return "both"
+    if part_words:
+        # The head noun decides: "lip corners", "corners of the mouth" are plural, "corner of the lips" is not.
+        head = part_words[0] if "of" in part_words else part_words[-1]
+        if head.endswith("s"):
+            return "both"
     return None
 
 
-def _stated_degree(tokens, degrees, first, last, other_anchors):
-    """The band of the nearest degree word around tokens first..last, unless another mention is nearer to it."""
+def _stated_degree(tokens, degrees, span, other_anchors):
+    """The band of the nearest degree word around the statement, unless another statement is nearer to that word."""
     best = None
-    for degree_first, degree_last, band in degrees:
-        if tokens[degree_first].clause != tokens[first].clause:
+    for degree in degrees:
+        if tokens[degree[0]].clause != tokens[span[0]].clause:
             continue
-        if degree_last < first:
-            distance = first - degree_last
-        elif degree_first > last:
-            distance = degree_first - last
-        else:
-            distance = 0
-        if distance > _DEGREE_WINDOW or (degree_first > 0 and tokens[degree_first - 1].word in _DEGREE_SOFTENERS):
+        distance = max(0, _gap(degree, span) + 1)
+        if distance > _DEGREE_WINDOW or (degree[0] > 0 and tokens[degree[0] - 1].word in _DEGREE_SOFTENERS):
             continue
-        if any(abs(anchor - degree_first) < distance for anchor in other_anchors):
+        following = tokens[degree[1] + 1] if degree[1] + 1 < len(tokens) else None
+        if (
+            following is not None
+            and following.word in _DEGREE_BREAKERS
+            and following.clause == tokens[degree[1]].clause
+        ):
+            continue
+        if any(abs(a - degree[0]) < distance and tokens[a].clause == tokens[degree[0]].clause for a in other_anchors):
             continue
         if best is None or distance < best[0]:
-            best = (distance, band)
+            best = (distance, degree[2])
     return None if best is None else best[1]
-
-
-def _gap(a_first, a_last, b_first, b_last):
-    return max(b_first - a_last, a_first - b_last) - 1
 
 
 def _coordinated(tokens, a, b):
@@ -295,14 +375,17 @@ def _coordinated(tokens, a, b):
     )
 
 
-def find_au_mentions(text):
+def find_au_mentions(text, *, generic=False):
     """Every action unit `text` describes as present, as `AUMention`s in order of position.
 
     A part word ("brows", "upper lip") and a movement word ("raised", "sucked in") that share an action unit and stand
-    within a few words of each other in one clause make a mention; each movement belongs to its nearest compatible
-    part, and to parts coordinated with that one ("raised eyelids and brows"). Cue words name a movement alone
-    ("smile", "squinting", "frown") unless they directly qualify another part ("smiling eyes"). Negated statements
-    ("no jaw drop", "absence of frowning", "without raising the brows") are not mentions.
+    within a few words of each other in one clause, with no other part between them, make a statement; a movement
+    belongs to its nearest such part and to parts coordinated with it ("raised eyelids and brows"). Cue words make a
+    statement alone ("smile", "squinting", "frown") unless they qualify a part of their own ("smiling eyes"), and
+    absorb a movement word right before them ("a wide smile" says nothing about the eyes). A sentence may add the other
+    side without repeating the movement ("the left eyelid rises, and the right too"). Denied statements ("no jaw drop",
+    "absence of frowning", "without raised brows", "no tension such as pursed lips") are not mentions. With
+    `generic=True`, parts said to be active without a movement ("lip movements", "upper lip (0.42)") are added too.
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a string, got {type(text).__name__}")
@@ -312,96 +395,199 @@ def find_au_mentions(text):
     cues = _CUES.find(tokens, set(taken))
     movements = _MOVEMENTS.find(tokens, taken)
     degrees = _DEGREES.find(tokens, set(taken))
-    part_phrases = {first: " ".join(t.word for t in tokens[first : last + 1]) for first, last, _ in parts}
+    denied = _denied_lists(tokens)
 
-    pairs = []  # (part, movement, action units)
+    def same_clause(a, b):
+        return tokens[a[0]].clause == tokens[b[0]].clause
+
+    def part_between(a, b):
+        return any(min(a[1], b[1]) < p[0] and p[1] < max(a[0], b[0]) for p in parts)
+
+    def near(part, other):
+        return same_clause(part, other) and _gap(part, other) < _PAIR_WINDOW and not part_between(part, other)
+
+    statements = []  # (token span, part or None, action units, kind)
     for movement in movements:
-        m_first, m_last, m_units = movement
-        candidates = [
-            part
-            for part in parts
-            if part[2] & m_units
-            and tokens[part[0]].clause == tokens[m_first].clause
-            and _gap(part[0], part[1], m_first, m_last) < _PAIR_WINDOW
-        ]
+        if any(_gap(movement, cue) == 0 and cue[0] > movement[1] and not cue[2] & movement[2] for cue in cues):
+            continue  # "a wide smile", "an open grin": the movement word qualifies the cue word
+        bound = _bound_part(tokens, movement, parts)
+        if bound is not None:  # "upward movement of the cheeks" is about the cheeks, whatever comes before
+            candidates = [bound] if bound[2] & movement[2] else []
+        else:
+            candidates = [part for part in parts if part[2] & movement[2] and near(part, movement)]
         if not candidates:
             continue
-        nearest = min(candidates, key=lambda part: (_gap(part[0], part[1], m_first, m_last), -part[0]))
-        for part in candidates:
-            if part is nearest or _coordinated(tokens, part[:2], nearest[:2]):
-                pairs.append((part, movement, part[2] & m_units))
+        nearest = min(candidates, key=lambda part: (_gap(part, movement), -part[0]))
+        sharing = [nearest] + [
+            part
+            for part in parts
+            if part is not nearest and part[2] & movement[2] and _coordinated(tokens, part, nearest)
+        ]
+        for part in sharing:
+            span = (min(part[0], movement[0]), max(part[1], movement[1]))
+            statements.append((span, part, part[2] & movement[2], "explicit"))
 
-    paired_movements = {movement[0] for _, movement, _ in pairs}
-    implied = []
-    for first, last, units in cues:
-        if first in paired_movements:
+    paired_movements = {span[0] for span, _, _, _ in statements} | {span[1] for span, _, _, _ in statements}
+    for cue in cues:
+        if cue[0] in paired_movements or cue[1] in paired_movements:
             continue
-        adjacent = [p for p in parts if _gap(p[0], p[1], first, last) == 0 and tokens[p[0]].clause == tokens[first].clause]
-        if any(not (p[2] & units) for p in adjacent):
+        adjacent = [part for part in parts if _gap(part, cue) == 0 and same_clause(part, cue)]
+        if any(not (part[2] & cue[2]) for part in adjacent):
             continue  # "smiling eyes", "crinkled eyes": the cue qualifies a different part
-        implied.append((first, last, units))
+        statements.append(((cue[0], cue[1]), None, cue[2], "cue"))
 
-    anchors = [part[0] for part, _, _ in pairs] + [first for first, _, _ in implied]
+    if generic:
+        activity_words = [i for i, t in enumerate(tokens) if t.word in _ACTIVITY_WORDS]
+        for part in parts:
+            activity = [i for i in activity_words if abs(i - part[0]) <= _PAIR_WINDOW + 2 and near(part, (i, i))]
+            next_start = tokens[part[1] + 1].start if part[1] + 1 < len(tokens) else len(text)
+            number_follows = re.search(r"\d", text[tokens[part[1]].end : next_start]) is not None
+            if activity or number_follows:
+                last = max([part[1]] + activity)
+                statements.append(((min([part[0]] + activity), last), part, part[2], "generic"))
+
+    anchors = [span[0] for span, _, _, _ in statements]
+    busy = {k for found in (parts, movements, cues) for first, last, _ in found for k in range(first, last + 1)}
+    resolved = []  # (token span, action units, side, degree, kind, part)
+    for span, part, units, kind in statements:
+        if _is_negated(tokens, span[0], span[1], denied):
+            continue
+        part_words = [t.word for t in tokens[part[0] : part[1] + 1]] if part else None
+        side = _stated_side(tokens, span, part_words, busy)
+        degree = _stated_degree(tokens, degrees, span, [anchor for anchor in anchors if anchor != span[0]])
+        resolved.append((span, units, side, degree, kind, part))
+    resolved += _elliptical_sides(tokens, parts, movements, cues, statements, resolved)
+
     mentions = []
-    for part, movement, units in pairs:
-        first, last = min(part[0], movement[0]), max(part[1], movement[1])
-        if _is_negated(tokens, first, last):
+    for span, units, side, degree, kind, _ in resolved:
+        start, end = tokens[span[0]].start, tokens[span[1]].end
+        # One mention per unit, keeping only the stated side of a bilateral pair.
+        chosen = [i for i in sorted(units) if side in (None, "both") or ACTION_UNITS[i].side in (None, side)]
+        mentions += [AUMention(i, side, degree, start, end, kind) for i in chosen]
+    return sorted(set(mentions), key=lambda m: (m.start, m.end, m.au, m.kind))
+
+
+_PREPOSITIONS = {"of", "in", "at", "on", "around", "to"}
+_BINDING_FILLER = (
+    _PREPOSITIONS | _ACTIVITY_WORDS | {"the", "a", "an", "both", "its", "their", "two"} | set(_SIDE_WORDS)
+)
+
+
+def _bound_part(tokens, movement, parts):
+    """The part a movement noun governs through a preposition ("elevation of the brows", "pull at the lip corners",
+    "upward movement of the cheeks"), or None."""
+    part_at = {part[0]: part for part in parts}
+    seen_preposition = False
+    for k in range(movement[1] + 1, min(len(tokens), movement[1] + 6)):
+        if tokens[k].clause != tokens[movement[0]].clause:
+            return None
+        if k in part_at:
+            return part_at[k] if seen_preposition else None
+        if tokens[k].word not in _BINDING_FILLER:
+            return None
+        seen_preposition = seen_preposition or tokens[k].word in _PREPOSITIONS
+    return None
+
+
+def _elliptical_sides(tokens, parts, movements, cues, statements, resolved):
+    """Statements for the other side that a sentence adds without repeating the part: "the left eyelid is raised
+    (0.74) and the right at 0.73", "the left corner pulls up, and the right is stretched", "the left brow lowers, and
+    the right brow slightly less"."""
+    part_at = {part[0]: part for part in parts}
+    movement_at = {movement[0]: movement for movement in movements}
+    busy = {k for span, _, _, _ in statements for k in range(span[0], span[1] + 1)}
+    busy |= {k for cue in cues for k in range(cue[0], cue[1] + 1)}
+    stated_parts = {part[0] for _, part, _, _ in statements if part is not None}
+    added = []
+    for span, units, side, _, kind, part in resolved:
+        if part is None or side not in ("left", "right"):
             continue
-        side = _stated_side(tokens, first, last, part_phrases[part[0]])
-        others = [a for a in anchors if a != part[0]]
-        degree = _stated_degree(tokens, degrees, first, last, others)
-        mentions += _mentions_for(units, side, degree, tokens[first].start, tokens[last].end, implied=False)
-    for first, last, units in implied:
-        if _is_negated(tokens, first, last):
-            continue
-        side = _stated_side(tokens, first, last, None)
-        others = [a for a in anchors if a != first]
-        degree = _stated_degree(tokens, degrees, first, last, others)
-        mentions += _mentions_for(units, side, degree, tokens[first].start, tokens[last].end, implied=True)
-    return sorted(set(mentions), key=lambda m: (m.start, m.au))
+        opposite = "right" if side == "left" else "left"
+        for k in range(span[1] + 1, min(len(tokens), span[1] + 1 + _ELLIPSIS_REACH)):
+            if tokens[k].sentence != tokens[span[0]].sentence or k in part_at or k in busy:
+                break  # the sentence ended, or moved on to another statement
+            if tokens[k].word != opposite:
+                continue
+            # A part right after the side word is what the side word qualifies: the ellipsis must be about that part.
+            following = None
+            for i in range(k + 1, min(len(tokens), k + 6)):
+                if i in part_at:
+                    following = part_at[i]
+                if i in busy or tokens[i].sentence != tokens[k].sentence:
+                    break
+            if following is not None and (following[0] in stated_parts or not following[2] & part[2]):
+                break
+            after = (following[1] if following else k) + 1
+            own = [movement_at[i] for i in range(after, min(len(tokens), after + 3)) if i in movement_at]
+            own = [m for m in own if tokens[m[0]].clause == tokens[k].clause]
+            if own:  # "... and the right is stretched": the other side with its own movement
+                shared, last = part[2] & own[0][2], own[0][1]
+            else:  # "... and the right at 0.73": the other side with the same movement
+                shared, last = units & (following[2] if following else part[2]), after - 1
+            if shared:
+                added.append(((k, last), shared, opposite, None, kind, part))
+            break
+    return added
 
 
-def _mentions_for(units, side, degree, start, end, implied):
-    """One mention per action unit the statement covers, keeping only the stated side of a bilateral pair."""
-    chosen = [i for i in sorted(units) if side in (None, "both") or ACTION_UNITS[i].side in (None, side)]
-    return [AUMention(i, side, degree, start, end, implied) for i in chosen]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Emotion mentions and the concluded label
 
-# Words before a label that deny it ("no signs of anger", "rather than sadness", "other emotions such as fear").
-_EMOTION_NEGATORS = _NEGATORS | {"than", "unlike", "excluding", "exclude", "excludes", "eliminates", "other", "minus"}
-# Words before a label that make it a side note ("hints of fear", "a touch of surprise", "tinged with sadness").
-_EMOTION_HEDGES = {
-    "hint", "hints", "hinting", "touch", "trace", "traces", "tinge", "tinged", "undertone", "undertones", "undercurrent",
-    "element", "elements", "nuance", "nuances", "nuanced", "mixed", "mix", "mixture", "blend", "blended", "blending",
-    "possible", "possibly", "potential", "potentially", "slight", "slightly", "mild", "mildly", "subtle", "subtly",
-    "minor", "faint", "secondary", "underlying", "suggestion", "layer", "layers", "degree", "bit", "some", "little",
-    "enriched", "tempered", "alongside", "coupled", "intertwined", "overshadowing", "overshadows", "overshadowed",
-    "than", "may", "might", "could", "perhaps", "also", "additional", "lesser", "occasional", "momentary", "fleeting",
-}
+# Words before a label that deny it ("no signs of anger", "rather than sadness", "distinguishing it from fear").
+_EMOTION_NEGATORS = _NEGATORS | _words(
+    "than unlike excluding exclude excludes eliminates minus beyond over distinguishing distinguish distinguishes "
+    "distinguished"
+)
+# Words after a negator that turn the denial around: "not only X", "no doubt X", "does not detract from the X".
+_DENIAL_LIFTERS = {"only", "doubt", "detract", "detracting", "diminish", "diminishing", "overshadow", "undermine"}
+# Nouns that make the label right after them a side note: "hints of fear", "a touch of surprise", "elements of joy".
+_HEDGE_NOUNS = _words(
+    "hint hints touch trace traces tinge undertone undertones undercurrent element elements nuance nuances suggestion "
+    "layer layers degree bit glimmer flicker mix mixture blend"
+)
+_HEDGE_NOUN_REACH = 3  # "hints of possible fear": the noun this close before the label
+# Other words before a label that make it a side note ("tinged with sadness", "possible anger", "mild surprise").
+_EMOTION_HEDGES = _words(
+    "hinting tinged mixed blended blending possible possibly potential potentially slight slightly mild mildly subtle "
+    "subtly minor faint secondary underlying some little enriched tempered alongside coupled intertwined "
+    "overshadowing overshadows overshadowed may might could perhaps also additional lesser occasional momentary "
+    "fleeting minimal limited despite mere merely"
+)
+# A label in a clause opened by one of these is conceded, not concluded: "while the jaw suggests surprise, ...".
+_CONCESSIVE_OPENERS = {"while", "whilst", "although", "though", "despite", "albeit"}
 # Words before a label that mark it as the answer ("predominantly happiness", "classified as anger").
-_EMOTION_ANCHORS = {
-    "predominantly", "predominant", "primarily", "primary", "mainly", "main", "chiefly", "dominant", "dominantly",
-    "dominated", "overall", "clearly", "clear", "distinctly", "distinct", "classified", "categorized", "categorised",
-    "identified", "identify", "identifies", "label", "labelled", "labeled", "conclude", "concludes", "confirms",
-    "confirming", "unmistakably", "definitively", "firmly", "strongly", "ultimately", "overwhelmingly", "essentially",
-}
+_EMOTION_ANCHORS = _words(
+    "predominantly predominant primarily primary mainly main chiefly dominant dominantly dominated overall clearly "
+    "clear distinctly distinct classified categorized categorised identified identify identifies label labelled "
+    "labeled conclude concludes confirms confirming unmistakably definitively firmly strongly ultimately "
+    "overwhelmingly essentially classification classify classifies category categorization categorize categorizes "
+    "therefore thus hence"
+)
 _EMOTION_WINDOW = 4
+_EMOTION_DENIAL_WINDOW = 8  # a denial reaches further: "without leaning strongly towards extreme feelings of joy"
 # A list continues a denial or a hedge over its items: "rather than fear, anger or sadness".
 _LIST_GLUE = re.compile(r"^(?:\s*(?:,|and|or|nor|/|as well as)\s*)+$", re.IGNORECASE)
+_ROLE_RANK = {"dominant": 0, "secondary": 1, "negated": 2}
 
 
 @dataclass(frozen=True)
 class EmotionMention:
-    """A label named in a text: `role` is "dominant", "secondary" or "negated"; `anchored` when flagged as the answer."""
+    """A label named in a text. `role`: "dominant", "secondary" or "negated"; `anchored`: flagged as the answer."""
 
     label: str
     role: str
     start: int
     end: int
     anchored: bool = False
+
+
+def _example_lists(tokens):
+    """Indices of tokens in an example list ("emotions such as fear or anger", "like joy"): named, not concluded."""
+    listed = set()
+    for j, token in enumerate(tokens):
+        if token.word in _LIST_OPENERS or (token.word == "as" and j > 0 and tokens[j - 1].word == "such"):
+            listed.update(k for k in range(j + 1, len(tokens)) if tokens[k].clause == token.clause)
+    return listed
 
 
 def find_emotions(text):
@@ -411,42 +597,60 @@ def find_emotions(text):
     if not isinstance(text, str):
         raise ValueError(f"text must be a string, got {type(text).__name__}")
     tokens = _tokenize(text)
-    starts = {token.start: i for i, token in enumerate(tokens)}
+    index_at = {token.start: i for i, token in enumerate(tokens)}
+    part_starts = {part[0] for part in _PARTS.find(tokens, set())}
+    # A denied list reaches the end of its clause; further items join it through the list glue below.
+    denied, listed = _denied_lists(tokens, within_clause=True), _example_lists(tokens)
     mentions = []
+    previous_index = -1
     for label, start, end in find_labels(text):
-        index = starts.get(start)
+        index = index_at.get(start)
         if index is None:
             continue
+        last = index + len(text[start:end].split()) - 1
+        if label == "Neutral" and last + 1 in part_starts:
+            continue  # "a neutral brow", "neutral lips" describe a part at rest, not the expression
         clause = tokens[index].clause
-        before = [t.word for t in tokens[max(0, index - _EMOTION_WINDOW) : index] if t.clause == clause]
-        anchored = bool(_EMOTION_ANCHORS & set(before))
-        if _EMOTION_NEGATORS & set(before) and not _denial_is_lifted(before):
+        # Look back no further than the previous label: its hedges and anchors are its own.
+        floor = max(previous_index + 1, 0)
+        before = [t.word for t in tokens[max(floor, index - _EMOTION_WINDOW) : index] if t.clause == clause]
+        wider = [t.word for t in tokens[max(floor, index - _EMOTION_DENIAL_WINDOW) : index] if t.clause == clause]
+        near = [t.word for t in tokens[max(floor, index - _HEDGE_NOUN_REACH) : index] if t.clause == clause]
+        previous_index = last
+        # "identified as anger" marks the answer; "such as anger" and "as well as anger" do not.
+        named_as = any(
+            word == "as" and (i == 0 or before[i - 1] not in {"such", "well"}) for i, word in enumerate(before)
+        )
+        anchored = bool(_EMOTION_ANCHORS & set(before)) or named_as
+        clause_opener = next(t.word for t in tokens if t.clause == clause)
+        if index in denied or _is_denied(wider):
             role = "negated"
-        elif _EMOTION_HEDGES & set(before):
+        elif _EMOTION_HEDGES & set(before) or _HEDGE_NOUNS & set(near) or clause_opener in _CONCESSIVE_OPENERS:
             role = "secondary"
+        elif index in listed:
+            role, anchored = "secondary", False
         else:
             role = "dominant"
         previous = mentions[-1] if mentions else None
-        if previous and previous.role != "dominant" and role == "dominant" and _LIST_GLUE.match(text[previous.end : start]):
+        if previous and _ROLE_RANK[previous.role] > _ROLE_RANK[role] and _LIST_GLUE.match(text[previous.end : start]):
             role = previous.role
         mentions.append(EmotionMention(label, role, start, end, anchored and role == "dominant"))
     return mentions
 
 
-def _denial_is_lifted(before):
-    # "not only X", "nothing but X" and "no doubt X" affirm X.
-    for negator, lifter in (("not", "only"), ("nothing", "but"), ("no", "doubt")):
-        if negator in before and lifter in before:
-            return True
-    return False
+def _is_denied(words):
+    """Whether the words before a label deny it: a negator, not turned around by a lifter after it."""
+    positions = [i for i, word in enumerate(words) if word in _EMOTION_NEGATORS]
+    return bool(positions) and not _DENIAL_LIFTERS & set(words[positions[-1] + 1 :])
 
 
 def conclusion_label(cot_text):
-    """The final label of a CoT: read from its Conclusion section when present, else from the whole text.
+    """The final label of a CoT: read from its Conclusion section when present, else from the Overall Emotional
+    Interpretation, else from the whole text.
 
     Labels named as the answer ("predominantly happiness", "classified as anger") count most, plain mentions next,
-    hedged ones ("hints of sadness") little, denied ones ("rather than fear", "no signs of anger") not at all. Returns
-    None when no label is named or two labels tie.
+    hedged ones ("hints of sadness") and examples ("emotions such as fear") little, denied ones ("rather than fear",
+    "no signs of anger") not at all; between equal scores the label named first wins. None when no label is named.
     """
     if cot_text is None:
         return None
@@ -458,16 +662,15 @@ def conclusion_label(cot_text):
     return None
 
 
+_ROLE_WEIGHT = {"dominant": 1.0, "secondary": 0.25, "negated": 0.0}
+_ANCHOR_WEIGHT = 1.5  # on the official descriptions 1.0 to 1.5 all agree with the labels in 98.4-98.5%
+
+
 def _best_label(mentions):
     scores = {}
     for order, mention in enumerate(mentions):
-        weight = {"dominant": 1.0, "secondary": 0.25, "negated": 0.0}[mention.role]
-        weight += 1.0 if mention.anchored else 0.0
-        weight += 0.01 / (1 + order)  # the first label named breaks ties
-        scores[mention.label] = scores.get(mention.label, 0.0) + weight
-    if not scores or max(scores.values()) < 0.2:
+        weight = _ROLE_WEIGHT[mention.role] + (_ANCHOR_WEIGHT if mention.anchored else 0.0)
+        scores[mention.label] = scores.get(mention.label, 0.0) + weight + 0.01 / (1 + order)  # first named wins ties
+    if not scores or max(scores.values()) < 0.2:  # only denied labels
         return None
-    ranked = sorted(scores.items(), key=lambda item: -item[1])
-    if len(ranked) > 1 and abs(ranked[0][1] - ranked[1][1]) < 1e-9:
-        return None
-    return ranked[0][0]
+    return max(scores, key=scores.get)

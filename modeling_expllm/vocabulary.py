@@ -9,7 +9,7 @@ copies it into every remote-code model folder next to the processor that uses it
 import re
 from dataclasses import dataclass
 
-# ----------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------------
 # Expression labels
 
 # Order of the official evaluation; equals AffectNet's class indices 0-7. RAF-DB and AffectNet-7 use the first seven.
@@ -70,7 +70,8 @@ def normalize_label(answer):
     if not isinstance(answer, str):
         return None
     text = answer.strip().strip("*_`'\"“”‘’ .,!;:()[]").lower()
-    text = re.sub(r"^(answer|label|expression|emotion|prediction)\s*[:\-]\s*", "", text).strip("*_`'\"“”‘’ .,!;:")
+    text = re.sub(r"^(answer|label|expression|emotion|prediction)\s*[:\-]\s*", "", text)
+    text = text.strip("*_`'\"“”‘’ .,!;:")
     return _SYNONYM_TO_LABEL.get(re.sub(r"\s+", " ", text))
 
 
@@ -88,7 +89,7 @@ def parse_label(text):
     return named.pop() if len(named) == 1 else None
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------------
 # FEAFA action units
 
 
@@ -112,27 +113,32 @@ _BROW = ("brow", "brows", "eyebrow", "eyebrows")
 _JAW = ("jaw", "mouth")
 _CORNER = (
     "lip corner", "lip corners", "mouth corner", "mouth corners", "corner of the mouth", "corners of the mouth",
-    "corner of the lips", "corners of the lips", "corner of the lip", "corners of the lip", "corner", "corners",
+    "corner of the lips", "corners of the lips", "corner of the lip", "corners of the lip", "corner", "corners", "lip",
+    "lips",
 )
-_UPPER_LIP = ("upper lip",)
-_LOWER_LIP = ("lower lip",)
+# A bare "lip(s)" may mean any lip unit; the movement word then decides which ("lip sucking", "lip stretching").
+_UPPER_LIP = ("upper lip", "upper and lower lip", "upper and lower lips", "lip", "lips")
+_LOWER_LIP = ("lower lip", "upper and lower lip", "upper and lower lips", "lip", "lips")
 _CLOSE = ("close", "closed", "closing", "closure", "shut", "squint", "narrow", "blink", "squeeze", "droop")
+# No bare "open": "the eyes are open" mostly says they are not closed, not that the lids are raised.
 _WIDEN = (
-    "raise", "raised", "raising", "widen", "widened", "wide", "open", "opened", "lift", "lifted", "elevat", "rise",
-    "rose",
+    "raise", "raised", "raising", "widen", "widened", "wide", "lift", "lifted", "elevat", "rise", "rose", "upward",
 )
 _LOWER = (
     "lower", "lowered", "lowering", "furrow", "knit", "draw", "drawn", "pull down", "pulled down", "frown", "down",
-    "downward", "pinch", "scowl",
+    "downward", "pinch", "scowl", "downward pull", "pulled downward", "pull downward",
 )
 _RAISE = ("raise", "raised", "raising", "lift", "lifted", "lifting", "elevat", "arch", "up", "rise", "rose", "upward")
 _SLIDE = ("slide", "slid", "sliding", "shift", "shifted", "sideways", "lateral", "leftward", "rightward")
 _PULL = (
     "pull", "pulled", "pulling", "upturn", "upward", "raise", "raised", "lift", "lifted", "smile", "smiling", "rise",
-    "rose", "elevat", "uplift", "curve", "up",
+    "rose", "elevat", "uplift", "curve", "up", "drawn up", "drawn upward", "draw upward",
 )
 _STRETCH = ("stretch", "stretched", "stretching", "widen", "widened", "tense", "tightened", "pulled back", "retract")
-_SUCK = ("suck", "sucked", "sucking", "roll", "rolled", "tuck", "tucked", "press", "pressed", "compress", "inward")
+_SUCK = (
+    "suck", "sucked", "sucking", "roll", "rolled", "tuck", "tucked", "press", "pressed", "compress", "inward", "tight",
+    "tighten", "retract", "tense",
+)
 _SMILE = ("smile", "smiling", "grin")
 
 ACTION_UNITS = (
@@ -154,14 +160,16 @@ ACTION_UNITS = (
     ActionUnit(12, "Right Lip Corner Pull", "right", "lip corner", _CORNER, "is pulled up", _PULL, _SMILE),
     ActionUnit(13, "Left Lip Corner Stretch", "left", "lip corner", _CORNER, "is stretched outward", _STRETCH),
     ActionUnit(14, "Right Lip Corner Stretch", "right", "lip corner", _CORNER, "is stretched outward", _STRETCH),
-    ActionUnit(15, "Upper Lip Suck", None, "upper lip", _UPPER_LIP, "is sucked in", _SUCK),
-    ActionUnit(16, "Lower Lip Suck", None, "lower lip", _LOWER_LIP, "is sucked in", _SUCK),
+    ActionUnit(15, "Upper Lip Suck", None, "upper lip", _UPPER_LIP, "is sucked in", _SUCK, ("suck", "suction")),
+    ActionUnit(16, "Lower Lip Suck", None, "lower lip", _LOWER_LIP, "is sucked in", _SUCK, ("suck", "suction")),
     ActionUnit(17, "Jaw Thrust", None, "jaw", _JAW, "thrusts forward", ("thrust", "forward", "jut", "push")),
     ActionUnit(
-        18, "Upper Lip Raise", None, "upper lip", _UPPER_LIP, "is raised", _RAISE + ("curl", "sneer"), ("sneer", "snarl")
+        18, "Upper Lip Raise", None, "upper lip", _UPPER_LIP, "is raised", _RAISE + ("curl", "sneer"),
+        ("sneer", "snarl", "teeth"),
     ),
     ActionUnit(
-        19, "Lower Lip Depress", None, "lower lip", _LOWER_LIP, "is pulled down", _LOWER + ("depress", "droop", "sag")
+        19, "Lower Lip Depress", None, "lower lip", _LOWER_LIP, "is pulled down",
+        _LOWER + ("depress", "droop", "sag", "downturn", "drop"),
     ),
     ActionUnit(20, "Chin Raise", None, "chin", ("chin",), "is raised", _RAISE + ("push", "pushed", "tense")),
     ActionUnit(
@@ -181,15 +189,21 @@ NUM_ACTION_UNITS = len(ACTION_UNITS)
 AU_INDEX = {unit.name: unit.index for unit in ACTION_UNITS}
 
 # Degree words, by intensity band. An AU counts as present above PRESENCE_THRESHOLD; its degree word is the band its
-# intensity falls in. The bands cut FEAFA's 0..1 scale where the official engine outputs change their wording.
+# intensity falls in. The bands cut FEAFA's 0..1 scale where the official engine outputs change their wording: over
+# the 3,068 official RAF-DB descriptions, the intensity densities of AUs described with adjacent bands' words cross at
+# about 0.1 (slight | mild), 0.2 (mild | moderate) and 0.4 (moderate | strong). "notable" and "noticeable" sit with the
+# strong words because that is how those texts use them (median intensity 0.41-0.48, against 0.26 for "moderate").
 PRESENCE_THRESHOLD = 0.0
 DEGREE_BANDS = (
-    ("slight", 0.0, 0.2, ("slight", "slightly", "subtle", "subtly", "minimal", "minimally", "faint", "barely", "small")),
-    ("mild", 0.2, 0.4, ("mild", "mildly", "gentle", "gently", "light", "lightly", "modest", "modestly")),
-    ("moderate", 0.4, 0.6, ("moderate", "moderately", "noticeable", "noticeably", "notable", "notably", "clear")),
-    ("strong", 0.6, float("inf"), (
+    ("slight", 0.0, 0.1, (
+        "slight", "slightly", "subtle", "subtly", "minimal", "minimally", "faint", "barely", "small",
+    )),
+    ("mild", 0.1, 0.2, ("mild", "mildly", "gentle", "gently", "light", "lightly", "modest", "modestly")),
+    ("moderate", 0.2, 0.4, ("moderate", "moderately", "clear")),
+    ("strong", 0.4, float("inf"), (
         "strong", "strongly", "pronounced", "marked", "markedly", "significant", "significantly", "intense",
-        "intensely", "substantial", "considerable", "extreme", "wide", "widely", "high",
+        "intensely", "substantial", "considerable", "extreme", "wide", "widely", "high", "noticeable", "noticeably",
+        "notable", "notably",
     )),
 )
 DEGREE_NAMES = tuple(band[0] for band in DEGREE_BANDS)
@@ -250,10 +264,11 @@ def prototype_vector(label):
     return [prototype.get(name, 0.0) for name in AU_NAMES]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------------
 # Exp-CoT format and the model's questions
 
-# The three sections of a refined Exp-CoT, in order. Rendered as "**<header>:** <text>" blocks separated by a blank line.
+# The three sections of a refined Exp-CoT, in order, rendered as "**<header>:** <text>" blocks with blank lines
+# between them.
 COT_SECTIONS = ("Key Observations", "Overall Emotional Interpretation", "Conclusion")
 COT_MAX_WORDS = 130
 
