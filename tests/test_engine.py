@@ -1,0 +1,423 @@
+"""The Exp-CoT Engine end to end: the offline writer on synthetic faces, the openai backend over real HTTP against the
+local server (faults included), bad inputs and bad answers, and a run killed with SIGKILL and resumed."""
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dataset_builders import llm_server
+from dataset_builders.au_detection import OracleAUDetector
+from dataset_builders.cot_text import split_cot
+from dataset_builders.exp_cot.__main__ import main as engine_main
+from dataset_builders.exp_cot.cache import ResponseCache, request_key
+from dataset_builders.exp_cot.pipeline import EngineSettings, cot_problems, looks_like_refusal
+from dataset_builders.exp_cot.prompting import PromptSet, format_au_list, parse_au_list
+from dataset_builders.exp_cot.records import read_jsonl
+from dataset_builders.exp_cot.runner import EngineConfig, run_engine
+from dataset_builders.sources import FolderSource, Sample, SyntheticSource
+from dataset_builders.verification import verify_description
+from modeling_expllm.vocabulary import COT_MAX_WORDS, COT_SECTIONS, EXPRESSION_LABELS, prototype_vector
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SECRET = "sk-test-never-written-0123456789"
+RECORD_FIELDS = {
+    "id", "source", "split", "file_name", "label", "status", "reason", "message", "au_model", "au", "description",
+    "des2exp_label", "cot", "cot_sections", "rounds", "label_revealed", "rounds_log", "verification",
+    "refined_verification", "refine_attempts", "llm_verification", "backend", "model", "prompt_version", "usage",
+    "cost_usd",
+}  # fmt: skip
+
+
+class GivenAUSource:
+    """A source whose samples carry their AUs (as an annotation file with AUs would): Img2AU is skipped."""
+
+    name = "given"
+    default_au_model = "oracle"
+
+    def __init__(self, root, rows):
+        self.root, self.rows = Path(root), rows
+
+    def samples(self):
+        for sample_id, label, au in self.rows:
+            yield Sample(sample_id, self.name, "train", f"{sample_id}.png", label, self.root, au=tuple(au))
+
+
+def run(source, output, **options):
+    return run_engine(source, EngineConfig(output=output, progress=False, workers=1, **options))
+
+
+def records_of(output):
+    return read_jsonl(Path(output) / "records.jsonl")
+
+
+def http_options(server, **options):
+    return {"backend": "openai", "base_url": server.base_url, "api_key": SECRET, "backoff": 0.05, **options}
+
+
+def processes_of(record_conversation, prompts):
+    return [prompts.match(m["content"])[0] for m in record_conversation if m["role"] == "user"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The offline writer, the default backend
+
+
+def test_offline_writer_end_to_end_on_synthetic_faces(tmp_path):
+    source = SyntheticSource(24, tmp_path / "faces")
+    summary = run(source, tmp_path / "run")
+    records = records_of(tmp_path / "run")
+    assert len(records) == 24 and summary["done"] == 24, summary
+    oracle = OracleAUDetector()
+    for record in records:
+        assert set(record) == RECORD_FIELDS
+        assert record["status"] == "done" and record["reason"] is None
+        assert record["au"] == oracle.detect(tmp_path / "faces" / record["file_name"]).au
+        assert (record["au_model"], record["backend"], record["model"]) == ("oracle", "offline", "offline-writer")
+        assert record["prompt_version"] == PromptSet.load().version
+        sections = split_cot(record["cot"])
+        assert sections.complete and list(record["cot_sections"]) == list(COT_SECTIONS)
+        assert record["cot_sections"]["Conclusion"] == sections.conclusion
+        assert len(record["cot"].split()) <= COT_MAX_WORDS
+        assert verify_description(record["cot"], record["au"], record["label"]).passed
+        assert verify_description(record["description"], record["au"], record["label"]).passed
+        assert record["rounds"] == len(record["rounds_log"]) >= 1 and record["rounds_log"][-1]["passed"]
+        assert record["verification"]["passed"] and record["refined_verification"]["passed"]
+        assert record["des2exp_label"] == record["label"]
+        assert record["usage"]["requests"] >= 3 and record["cost_usd"] == 0.0
+    assert {record["label"] for record in records} == set(EXPRESSION_LABELS)
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk["done"] == 24 and on_disk["records"] == 24 and on_disk["verification"]["pass_rate"] == 1.0
+    assert sum(on_disk["rounds_histogram"].values()) == 24
+
+    again = run(source, tmp_path / "run")
+    assert len(records_of(tmp_path / "run")) == 24 and again["this_run"]["pairs"] == 0
+
+
+def test_the_label_is_revealed_after_the_configured_failed_rounds(tmp_path):
+    """A face whose AUs read as happiness but whose label is sadness: the offline writer concludes happiness three
+    times, the fourth prompt reveals sadness, and the analysis written for it passes."""
+    source = GivenAUSource(tmp_path, [("smiling-but-sad", "Sadness", prototype_vector("Happiness"))])
+    run(source, tmp_path / "default", settings=EngineSettings(keep_conversation=True))
+    (record,) = records_of(tmp_path / "default")
+    assert record["status"] == "done", record["message"]
+    assert record["rounds"] == 4 and record["label_revealed"] and record["au_model"] == "given"
+    assert [r["label_revealed"] for r in record["rounds_log"]] == [False, False, False, True]
+    assert [r["des2exp_label"] for r in record["rounds_log"]] == ["Happiness"] * 3 + ["Sadness"]
+    prompts = PromptSet.load()
+    assert processes_of(record["conversation"], prompts) == [
+        "au2des", "des2exp", "reflect", "des2exp", "reflect", "des2exp", "reveal", "des2exp", "refine",
+    ]  # fmt: skip
+    # No prompt before the reveal names the label as the answer.
+    for message in record["conversation"][:7]:
+        assert "really shows is Sadness" not in message["content"]
+
+    run(source, tmp_path / "sooner", settings=EngineSettings(reveal_after=1))
+    (record,) = records_of(tmp_path / "sooner")
+    assert record["status"] == "done" and record["rounds"] == 2 and record["label_revealed"]
+
+    run(source, tmp_path / "never", settings=EngineSettings(reveal_after=3, max_rounds=3))
+    (record,) = records_of(tmp_path / "never")
+    assert record["status"] == "failed" and record["reason"] == "verification_failed"
+    assert record["rounds"] == 3 and not record["label_revealed"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Over real HTTP
+
+
+def test_engine_over_http_records_usage_cost_and_never_the_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    source = SyntheticSource(16, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        summary = run(source, tmp_path / "run", backend="openai", concurrency=4)
+        sent = server.request_count
+        records = records_of(tmp_path / "run")
+        assert summary["done"] == 16 and len(records) == 16, summary
+        assert sent == summary["this_run"]["requests_sent"] == sum(r["usage"]["requests"] for r in records)
+        for record in records:
+            assert record["model"] == "gpt-4o-2024-08-06" and record["backend"] == "openai"
+            assert record["usage"]["prompt_tokens"] > 0 and record["cost_usd"] > 0
+            assert split_cot(record["cot"]).complete
+        assert summary["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in records), rel=1e-4)
+        for request in server.requests:
+            assert request["temperature"] == 0.0 and request["seed"] == 0
+            assert request["model"] == "gpt-4o-2024-08-06"
+
+        again = run(source, tmp_path / "run", backend="openai", concurrency=4)
+        assert server.request_count == sent and again["this_run"]["requests_sent"] == 0
+
+        (tmp_path / "run" / "records.jsonl").unlink()  # records lost, cache kept: every answer comes from the cache
+        recovered = run(source, tmp_path / "run", backend="openai", concurrency=4)
+        assert server.request_count == sent and recovered["done"] == 16
+        assert recovered["this_run"]["cache_hits"] == sent
+
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert any(path.name == "cache.sqlite" for path in written)
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_faults_during_a_run_are_retried_and_a_malformed_reply_fails_only_its_sample(tmp_path):
+    source = SyntheticSource(4, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        # With one sample at a time the requests come in a fixed order: the first request of the run meets a 429
+        # (Retry-After 1 s), then a 500, then a reply slower than the 0.5 s time-out; the fifth request, the first
+        # sample's Des2Exp, gets a body that is not JSON.
+        server.inject(
+            llm_server.rate_limited(1.0),
+            llm_server.server_error(500),
+            llm_server.slow(2.0),
+            llm_server.Fault(),
+            llm_server.malformed(),
+        )
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1, timeout=0.5))
+    records = {record["id"]: record for record in records_of(tmp_path / "run")}
+    first = records["synthetic-0-000000"]
+    assert first["status"] == "failed" and first["reason"] == "malformed_response", first
+    assert "des2exp" in first["message"] and first["description"]  # AU2Des had answered
+    assert [r["status"] for r in records.values()].count("done") == 3
+    assert summary["failed_by_reason"] == {"malformed_response": 1}
+    session = summary["this_run"]
+    assert session["retries"] == 3 and session["backend_stats"]["waited_seconds"] >= 1.0
+    assert session["backend_stats"]["errors"] == {
+        "RateLimitError": 1, "InternalServerError": 1, "APITimeoutError": 1, "malformed_response": 1,
+    }  # fmt: skip
+    assert session["seconds"] >= 1.5  # the Retry-After wait and the time-out were sat out
+
+
+def test_an_api_that_stays_down_fails_samples_and_retry_failed_redoes_them(tmp_path):
+    source = SyntheticSource(3, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        server.inject(*[llm_server.server_error(503)] * 3)
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1, max_retries=2))
+        assert summary["failed_by_reason"] == {"api_unavailable": 1} and summary["done"] == 2
+        again = run(source, tmp_path / "run", retry_failed=True, **http_options(server, concurrency=1))
+    assert again["done"] == 3 and again["this_run"]["pairs"] == 1
+    assert sorted(r["id"] for r in records_of(tmp_path / "run")) == [f"synthetic-0-00000{i}" for i in range(3)]
+
+
+def test_bad_llm_answers_each_end_as_a_failed_record_with_its_reason(tmp_path):
+    labels = ("Happiness", "Surprise", "Anger", "Disgust", "Fear")
+    rows = [(f"face-{label.lower()}", label, prototype_vector(label)) for label in labels]
+    sabotage = {  # the AU list of a face's prompt -> (process to spoil, answer given instead)
+        format_au_list(prototype_vector("Happiness")): ("au2des", ""),
+        format_au_list(prototype_vector("Surprise")): ("au2des", "I can't help with that."),
+        format_au_list(prototype_vector("Anger")): ("des2exp", "Hard to say, it could be several things."),
+        format_au_list(prototype_vector("Disgust")): ("refine", "The nose wrinkles and the upper lip rises."),
+    }
+    prompts = PromptSet.load()
+    playing = llm_server.OfflineWriterResponder(prompts)
+
+    def responder(request):
+        face = prompts.match(request["messages"][1]["content"])[1]["au_list"]
+        process = prompts.match(request["messages"][-1]["content"])[0]
+        spoiled = sabotage.get(face)
+        if spoiled and process.startswith(spoiled[0]):
+            return spoiled[1]
+        return playing(request)
+
+    with llm_server.LocalLLMServer(responder) as server:
+        summary = run(GivenAUSource(tmp_path, rows), tmp_path / "run", **http_options(server, concurrency=2))
+    records = {record["label"]: record for record in records_of(tmp_path / "run")}
+    assert {label: (r["status"], r["reason"]) for label, r in records.items()} == {
+        "Happiness": ("failed", "empty_answer"),
+        "Surprise": ("failed", "refusal"),
+        "Anger": ("failed", "not_a_label"),
+        "Disgust": ("failed", "format_broken"),
+        "Fear": ("done", None),
+    }
+    assert "Hard to say" in records["Anger"]["message"]
+    assert "lacks the Key Observations" in records["Disgust"]["message"]
+    assert records["Disgust"]["refine_attempts"] == 2 and records["Disgust"]["rounds"] == 1
+    assert summary["failed_by_reason"] == {"empty_answer": 1, "refusal": 1, "not_a_label": 1, "format_broken": 1}
+    assert summary["failed"] == 4 and summary["done"] == 1
+
+
+def test_llm_verification_is_recorded_beside_the_code_verifier(tmp_path):
+    with llm_server.LocalLLMServer() as server:
+        summary = run(
+            SyntheticSource(6, tmp_path / "faces"),
+            tmp_path / "run",
+            settings=EngineSettings(llm_verify=True),
+            **http_options(server, concurrency=3),
+        )
+    assert summary["done"] == 6
+    for record in records_of(tmp_path / "run"):
+        assert all(r["llm_verdict"] in ("pass", "fail") for r in record["rounds_log"])
+        assert record["llm_verification"]["verdict"] == "pass"
+    llm = summary["llm_verification"]
+    assert llm["checked_rounds"] >= 6 and llm["agrees_with_code"] == llm["checked_rounds"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs
+
+
+def test_bad_images_are_skipped_with_their_reasons(tmp_path):
+    pytest.importorskip("mediapipe")
+    from skimage.data import astronaut
+
+    from dataset_builders.synthetic_faces import sample_face, save_face
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = Image.fromarray(astronaut())
+    save_face(sample_face(0, "Happiness"), root / "whole.png")
+    (root / "truncated.png").write_bytes((root / "whole.png").read_bytes()[:3000])
+    (root / "text.png").write_text("this is not an image\n")
+    Image.new("RGB", (640, 480), (255, 255, 255)).save(root / "blank.png")
+    photo.convert("L").save(root / "gray.png")
+    photo.resize((4096, 4096)).save(root / "huge.jpg", quality=90)
+    (tmp_path / "labels.txt").write_text(
+        "truncated.png Happiness\ntext.png Anger\nblank.png Neutral\nmissing.png Fear\ngray.png happy\nhuge.jpg joy\n"
+    )
+    summary = run(FolderSource(root, tmp_path / "labels.txt"), tmp_path / "run")
+    records = {record["file_name"]: record for record in records_of(tmp_path / "run")}
+    assert {name: (r["status"], r["reason"]) for name, r in records.items() if r["status"] == "skipped"} == {
+        "truncated.png": ("skipped", "unreadable"),
+        "text.png": ("skipped", "unreadable"),
+        "blank.png": ("skipped", "no_face"),
+        "missing.png": ("skipped", "unreadable"),
+    }
+    for name in ("truncated.png", "text.png", "blank.png", "missing.png"):
+        assert name in records[name]["message"] and records[name]["au"] is None
+    for name in ("gray.png", "huge.jpg"):  # a grayscale and a 4096 x 4096 photograph are read as any other
+        assert records[name]["au_model"] == "mediapipe" and len(records[name]["au"]) == 24
+        assert records[name]["status"] == "done", records[name]["message"]
+    assert summary["skipped_by_reason"] == {"unreadable": 3, "no_face": 1} and summary["done"] == 2
+
+
+def test_images_without_oracle_metadata_are_skipped(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(root / "plain.png")
+    (tmp_path / "labels.csv").write_text("file_name,label\nplain.png,Neutral\n")
+    summary = run(FolderSource(root, tmp_path / "labels.csv"), tmp_path / "run", au_model="oracle")
+    (record,) = records_of(tmp_path / "run")
+    assert record["status"] == "skipped" and record["reason"] == "no_metadata" and "plain.png" in record["message"]
+    assert summary["skipped_by_reason"] == {"no_metadata": 1}
+
+
+def test_answer_and_format_checks():
+    assert looks_like_refusal("I can't help with that.")
+    assert looks_like_refusal("I'm sorry, but I cannot analyze faces.")
+    assert looks_like_refusal("Sorry, I won't do that.")
+    assert not looks_like_refusal("The brows are lowered strongly. The reason cannot be seen from AUs alone.")
+    assert not looks_like_refusal("Happiness")
+
+    au = prototype_vector("Happiness")
+    problems = cot_problems("The corners of the lips are pulled up.", au, "Happiness")[2]
+    assert problems[0].startswith("It lacks the Key Observations, Overall Emotional Interpretation, Conclusion")
+    long_cot = "\n\n".join(f"**{header}:** " + "word " * 50 for header in COT_SECTIONS)
+    assert any("more than 130" in problem for problem in cot_problems(long_cot, au, "Happiness")[2])
+    personal = (
+        "**Key Observations:** He smiles; AU 12 is strong.\n\n**Overall Emotional Interpretation:** x\n\n"
+        "**Conclusion:** y"
+    )
+    problems = " ".join(cot_problems(personal, au, "Happiness")[2])
+    assert "personal pronouns (he)" in problems and "by number (AU 12)" in problems
+
+
+def test_au_lists_read_back_exactly():
+    for label in EXPRESSION_LABELS:
+        assert parse_au_list(format_au_list(prototype_vector(label))) == prototype_vector(label)
+    odd = [0.0] * 24
+    odd[3], odd[17] = 0.1234, 1.0
+    assert parse_au_list(format_au_list(odd)) == odd
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runs that lose nothing
+
+
+def test_kill_and_resume_records_each_sample_exactly_once_and_resends_nothing_cached(tmp_path):
+    output = tmp_path / "run"
+    records_path = output / "records.jsonl"
+    command = [
+        sys.executable, "-m", "dataset_builders.exp_cot", "synthetic", "--count", "40", "--output", str(output),
+        "--backend", "openai", "--concurrency", "4", "--workers", "1", "--no-progress",
+    ]  # fmt: skip
+    with llm_server.LocalLLMServer(latency=0.2) as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": SECRET}
+        first = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not (records_path.exists() and records_path.read_bytes().count(b"\n") >= 8):
+            assert first.poll() is None, first.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the first run recorded nothing in time"
+            time.sleep(0.02)
+        # Four samples run in step, one request (0.2 s) at a time each: 0.3 s after a record the next four are
+        # between their first and second answers, so the kill leaves answers in the cache for unrecorded samples.
+        time.sleep(0.3)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        first.stdout.close()
+        first.stderr.close()
+        recorded_before = records_path.read_bytes().count(b"\n")
+        assert 8 <= recorded_before < 40, "the kill must land in the middle of the run"
+        with ResponseCache(output / "cache.sqlite") as cache:
+            cached_at_kill = cache.keys()
+        with open(records_path, "ab") as records:
+            records.write(b'{"id": "synthetic-0-0000')  # what a kill in the middle of a write leaves behind
+        requests_at_kill = server.request_count
+
+        second = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert second.returncode == 0, second.stderr[-3000:]
+        resumed_requests = server.requests[requests_at_kill:]
+
+    assert "cutting off a half-written last line" in second.stderr
+    data = records_path.read_bytes()
+    assert data.endswith(b"\n")
+    records = [json.loads(line) for line in data.decode().splitlines()]  # every line is whole JSON
+    counts = Counter(record["id"] for record in records)
+    assert counts == Counter(f"synthetic-0-{index:06d}" for index in range(40))
+    assert all(record["status"] == "done" for record in records)
+    resent = [
+        request
+        for request in resumed_requests
+        if request_key(
+            request["model"],
+            request["messages"],
+            {k: request[k] for k in ("temperature", "seed", "max_completion_tokens")},
+        )
+        in cached_at_kill
+    ]
+    assert resent == [], f"{len(resent)} requests whose answers were already cached were sent again"
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["records"] == 40 and summary["this_run"]["pairs"] == 40 - recorded_before
+    assert summary["this_run"]["cache_hits"] > 0  # the samples in flight at the kill went on from their cached answers
+    assert SECRET not in second.stderr and SECRET not in second.stdout
+
+
+def test_a_resumed_run_must_keep_its_settings_and_two_runs_cannot_share_an_output(tmp_path):
+    source = SyntheticSource(2, tmp_path / "faces")
+    run(source, tmp_path / "run")
+    with llm_server.LocalLLMServer() as server:
+        with pytest.raises(ValueError, match="backend: 'offline' there, 'openai' now"):
+            run(source, tmp_path / "run", **http_options(server))
+        assert server.request_count == 0
+    with open(tmp_path / "run" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match="another run is writing"):
+            run(source, tmp_path / "run")
+
+
+def test_command_line_runs_and_reports_bad_input_clearly(tmp_path, capsys):
+    assert engine_main(["synthetic", "--count", "3", "--output", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert len(records_of(tmp_path / "run")) == 3
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["done"] == 3
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels.txt").write_text("a.png Happiness\nb.png grumpy\n")
+    arguments = ["folder", str(tmp_path / "images"), "--labels", str(tmp_path / "labels.txt")]
+    assert engine_main([*arguments, "--output", str(tmp_path / "bad")]) == 2
+    assert "labels.txt:2: label 'grumpy' is not one of" in capsys.readouterr().err
