@@ -7,7 +7,7 @@ import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PROMPT
+from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PROMPT, cot_messages, fer_messages
 
 # Vicuna v1 conversation layout, which the language model was tuned on: "SYSTEM USER: ... ASSISTANT: ...</s>USER: ...".
 # Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only
@@ -85,20 +85,11 @@ class ExpLLMProcessor(ProcessorMixin):
 
     def fer_messages(self, label=None):
         """The label question about one image, with the answer when `label` is given."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.fer_question}]}]
-        if label is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": label}]})
-        return messages
+        return fer_messages(label, question=self.fer_question)
 
     def cot_messages(self, cot=None, label=None):
         """The step-by-step question; with `cot` its answer, and with `label` too, the label round after it."""
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.cot_question}]}]
-        if cot is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": cot}]})
-            if label is not None:
-                messages.append({"role": "user", "content": [{"type": "text", "text": self.fer_question}]})
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": label}]})
-        return messages
+        return cot_messages(cot, label, cot_question=self.cot_question, fer_question=self.fer_question)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Inputs of `ExpLLMForConditionalGeneration.predict_expression`

@@ -284,3 +284,30 @@ SYSTEM_PROMPT = (
     "A user shows an assistant photographs of faces. The assistant reads facial action units carefully and answers "
     "questions about expressions accurately and concisely."
 )
+
+
+def _turn(role, text, with_image=False):
+    """One message in the TRL / transformers multimodal format."""
+    content = [{"type": "image"}] if with_image else []
+    return {"role": role, "content": content + [{"type": "text", "text": text}]}
+
+
+def fer_messages(label=None, question=FER_QUESTION):
+    """A FER sample (DESIGN section 6): the label question about the image, answered with `label` when given."""
+    messages = [_turn("user", question, with_image=True)]
+    return messages + [_turn("assistant", label)] if label is not None else messages
+
+
+def cot_messages(cot=None, label=None, cot_question=COT_QUESTION, fer_question=FER_QUESTION):
+    """A CoT sample: the step-by-step question answered with `cot`, then (with `label`) the label question and answer.
+
+    Without `cot` it is the prompt that asks for one.
+    """
+    messages = [_turn("user", cot_question, with_image=True)]
+    if cot is None:
+        return messages
+    messages.append(_turn("assistant", cot))
+    if label is not None:
+        messages += [_turn("user", fer_question), _turn("assistant", label)]
+    return messages
+
