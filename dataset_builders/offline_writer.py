@@ -433,3 +433,15 @@ def refine(description, au, label):
         if words <= COT_MAX_WORDS:
             return cot
     raise ValueError(f"the Exp-CoT for this face needs {words} words even in the briefest style, over {COT_MAX_WORDS}")
+
+
+def write_caption(au):
+    """A one-sentence caption of the visible movements, strongest first, for stage-1 image-caption pairs: it names
+    what the face does without naming an expression."""
+    values = _checked_au(au)
+    statements = sorted(_statements(values, pair_sides=False), key=lambda statement: -max(statement[1]))
+    if not statements:
+        return "A face at rest, with no visible movement."
+    chooser = _Chooser(values, "caption")
+    phrases = [_phrase(statement, chooser, slot, STYLES[1]) for slot, statement in enumerate(statements[:4])]
+    return f"A face where {_join(phrases)}."
