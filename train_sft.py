@@ -32,6 +32,7 @@ from datasets import load_dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from dataset_builders.local_images import with_local_images
 from dataset_builders.training_data import (
     ExpLLMCollator,
     FaceAugmentation,
@@ -56,6 +57,8 @@ class ScriptArguments:
     dataset_train_split: str = field(default="train")
     image_folder: str | None = field(default=None, metadata={"help": "Images of a LLaVA chat.json (stage 1)."})
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a datasets caption set."})
+    rafdb_root: str | None = field(default=None, metadata={"help": "Your RAF-DB folder (annotation-only rows)."})
+    affectnet_root: str | None = field(default=None, metadata={"help": "Your AffectNet folder (annotation-only)."})
     cot_ratio: float = field(default=0.25, metadata={"help": "Share of CoT samples in the epoch (paper: 0.25)."})
     augment: bool = field(default=True, metadata={"help": "Official augmentations on stage-2 training images."})
     overlong: str = field(default="error", metadata={"help": "Sequences over max_length: 'error' or 'drop'."})
@@ -131,6 +134,9 @@ def load_training_source(script_args):
         dataset = load_dataset(
             script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
         )
+        if script_args.rafdb_root or script_args.affectnet_root:
+            # The published RAF-DB / AffectNet rows carry no images (they may not be redistributed): join your copies.
+            dataset = with_local_images(dataset, rafdb=script_args.rafdb_root, affectnet=script_args.affectnet_root)
         if script_args.stage == 1:
             source, entries = caption_source(dataset, caption_column=script_args.caption_column)
         else:

@@ -10,13 +10,24 @@ File names are checked once, here: a name that would leave the root (`..`, an ab
 and line it came from. A missing or broken image is not refused: the engine records it as a skipped sample, so one bad
 file never stops a run.
 
+The datasets of the paper have sources of their own: `RafdbSource` (RAF-DB's basic layout), `AffectNetSource` (the
+Kaggle AffectNet subset) and `OfficialJsonSource` (the official ExpLLM annotation files, which may carry AUs and CoTs).
+Their file names are those of the official files, relative to the dataset's image folder (`image_root`), and their
+ids are `<dataset>/<file_name>`, so a record made from any of them names the same image. They check what they read:
+label codes, repeated images, and the sizes of the splits (`check_split_counts` warns, with the numbers, when a copy is
+partial). AffectNet's val split is published as the test split.
+
 To add a source, write a class with a `name`, a one-line `help`, a `default_au_model`, `samples()`, and the hooks
 of the command line `add_arguments(parser)` / `from_arguments(args)`, and list it in `SOURCES`: the engine's command
 line gets a sub-command for it.
 """
 
 import csv
+import json
 import os
+import re
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -35,11 +46,13 @@ class Sample:
     split: str
     file_name: str  # relative to root, "/"-separated
     label: str  # canonical, one of EXPRESSION_LABELS
-    root: Path
+    root: Path | None  # None when the source has no images (annotations only)
     au: tuple | None = None  # 24 AU intensities when the source already has them
 
     @property
     def path(self):
+        if self.root is None:  # an annotation file read without its images
+            raise ValueError(f"sample {self.id!r} has no image folder: give the source the dataset's image root")
         return self.root / self.file_name
 
     def open_image(self):
@@ -50,11 +63,18 @@ class Sample:
 # Checks every source uses
 
 
+# A name that is already a clean relative POSIX path: no drive or backslash, no empty, "." or ".." part. Most names
+# are; they skip the slower pathlib checks below (which dominate reading a 40k-entry annotation file otherwise).
+_PLAIN_FILE_NAME = re.compile(r"(?!\.{1,2}(?:/|\Z))[^/\\:]+(?:/(?!\.{1,2}(?:/|\Z))[^/\\:]+)*")
+
+
 def checked_file_name(name, where):
     """`name` as a relative POSIX path that stays inside its root; ValueError naming `where` otherwise."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{where}: empty file name")
     name = name.strip()
+    if _PLAIN_FILE_NAME.fullmatch(name):
+        return name
     windows = PureWindowsPath(name)
     if PurePosixPath(name).is_absolute() or windows.drive or windows.root:
         raise ValueError(f"{where}: file name {name!r} is an absolute path; file names are relative to the image root")
@@ -213,4 +233,343 @@ class FolderSource:
         return cls(args.root, args.labels, split=args.split, name=args.name)
 
 
-SOURCES = {"synthetic": SyntheticSource, "folder": FolderSource}
+# ---------------------------------------------------------------------------------------------------------------------
+# The datasets of the paper: how big they are, and the check of what a source read
+
+SPLITS = ("train", "test")
+# Samples per split of the full datasets as the paper uses them (DESIGN section 3); AffectNet's val is the test split.
+EXPECTED_COUNTS = {"rafdb": {"train": 12271, "test": 3068}, "affectnet": {"train": 37553, "test": 4000}}
+
+
+class PartialDatasetWarning(UserWarning):
+    """A source holds another number of samples than the full dataset: fine for a try-out, not the paper's build."""
+
+
+def check_split_counts(dataset, counts, where, splits=SPLITS, strict=False):
+    """Compare the samples per split read from `where` with the full dataset's; warn with the numbers when they differ,
+    or raise ValueError with `strict`. Datasets without known sizes pass."""
+    expected = EXPECTED_COUNTS.get(dataset)
+    if expected is None:
+        return
+    differences = [
+        f"{split} {counts.get(split, 0):,} of {expected[split]:,}"
+        for split in splits
+        if counts.get(split, 0) != expected[split]
+    ]
+    if not differences:
+        return
+    message = f"{where}: not the full {dataset} ({'; '.join(differences)} samples)"
+    if strict:
+        raise ValueError(message)
+    warnings.warn(f"{message}; a partial copy does for a try-out, not for the paper's build", PartialDatasetWarning, 2)
+
+
+def _checked_splits(splits):
+    splits = tuple(splits)
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits must be some of {SPLITS}, got {splits!r}")
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RAF-DB
+
+RAFDB_LABEL_FILE = "basic/EmoLabel/list_patition_label.txt"  # sic: the dataset's own spelling
+RAFDB_IMAGE_FOLDER = "basic/Image/aligned"
+# RAF-DB's own label codes, which are not in the canonical order.
+RAFDB_CODES = {1: "Surprise", 2: "Fear", 3: "Disgust", 4: "Happiness", 5: "Sadness", 6: "Anger", 7: "Neutral"}
+
+
+class RafdbSource:
+    """RAF-DB's basic layout: `basic/EmoLabel/list_patition_label.txt` lines `train_00001.jpg 5` (codes 1..7 in
+    RAFDB_CODES) and the aligned faces `basic/Image/aligned/train_00001_aligned.jpg`. The split is the name's prefix.
+
+    File names are the aligned images' names relative to `basic/Image/aligned` (`train_00001_aligned.jpg`, as in the
+    official annotation files); ids are `rafdb/<file_name>`.
+    """
+
+    name = "rafdb"
+    help = "RAF-DB basic: EmoLabel/list_patition_label.txt and the aligned faces (train and test splits)"
+    default_au_model = "mediapipe"
+
+    def __init__(self, root, splits=SPLITS):
+        self.dataset_root = Path(root)
+        self.labels_file = self.dataset_root / RAFDB_LABEL_FILE
+        self.root = self.image_root(root)
+        self.splits = _checked_splits(splits)
+        if not self.labels_file.is_file():
+            raise FileNotFoundError(f"RAF-DB label file {self.labels_file} not found (expected the basic layout)")
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"RAF-DB image folder {self.root} not found (expected the basic layout)")
+
+    @staticmethod
+    def image_root(root):
+        """The folder RAF-DB file names are relative to, under the dataset's root."""
+        return Path(root) / RAFDB_IMAGE_FOLDER
+
+    def samples(self) -> Iterator[Sample]:
+        counts, seen = Counter(), {}
+        with open(self.labels_file, encoding="utf-8-sig") as file:
+            for line_number, line in enumerate(file, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                where = f"{self.labels_file}:{line_number}"
+                if len(fields) != 2:
+                    raise ValueError(f"{where}: expected '<image name> <label code 1-7>', got {line.strip()!r}")
+                name = checked_file_name(fields[0], where)
+                if name in seen:
+                    raise ValueError(f"{where}: {name!r} is listed again (first at line {seen[name]})")
+                seen[name] = line_number
+                split, label = rafdb_split(name, where), rafdb_label(fields[1], where)
+                counts[split] += 1
+                if split in self.splits:
+                    file_name = rafdb_aligned_name(name)
+                    yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+        check_split_counts(self.name, counts, str(self.labels_file), self.splits)
+
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("root", help="the RAF-DB folder (holding basic/EmoLabel and basic/Image/aligned)")
+        parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="default: both")
+
+    @classmethod
+    def from_arguments(cls, args):
+        return cls(args.root, splits=args.splits)
+
+
+def rafdb_split(name, where):
+    """The split ("train" or "test") a RAF-DB image name belongs to, from its prefix."""
+    for split in SPLITS:
+        if name.startswith(f"{split}_") and "/" not in name:
+            return split
+    raise ValueError(f"{where}: RAF-DB image name {name!r} starts with neither 'train_' nor 'test_'")
+
+
+def rafdb_aligned_name(name):
+    """`train_00001.jpg` -> `train_00001_aligned.jpg`, the aligned face the label file's name stands for."""
+    stem, suffix = os.path.splitext(name)
+    return name if stem.endswith("_aligned") else f"{stem}_aligned{suffix}"
+
+
+def rafdb_label(code, where):
+    try:
+        return RAFDB_CODES[int(code)]
+    except (ValueError, KeyError):
+        codes = ", ".join(f"{number} {label}" for number, label in RAFDB_CODES.items())
+        raise ValueError(f"{where}: RAF-DB label code {code!r} is not one of 1-7 ({codes})") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# AffectNet (the Kaggle subset the paper uses)
+
+AFFECTNET_LABEL_FILES = {"train": "train-sample-affectnet.csv", "test": "valid-sample-affectnet.csv"}
+AFFECTNET_IMAGE_FOLDERS = {"train": "train_class", "test": "val_class"}
+
+
+class AffectNetSource:
+    """The Kaggle AffectNet subset: `train-sample-affectnet.csv` / `valid-sample-affectnet.csv` (columns `image`, the
+    path of a file under `train_class/` or `val_class/` with whatever prefix the CSV was written with, and `emotion`,
+    1..8) and the images `train_class/class00N/*.jpg`, `val_class/class00N/*.jpg`, where code N is canonical label N-1.
+
+    The val split is published as the test split. File names are relative to the AffectNet folder
+    (`train_class/class006/image0034330.jpg`, as in the official annotation files); ids are `affectnet/<file_name>`.
+    A row whose class folder disagrees with its emotion code is refused.
+    """
+
+    name = "affectnet"
+    help = "AffectNet's Kaggle subset: *-sample-affectnet.csv with train_class/ and val_class/ (val = test split)"
+    default_au_model = "mediapipe"
+
+    def __init__(self, root, splits=SPLITS):
+        self.root = self.image_root(root)
+        self.splits = _checked_splits(splits)
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"AffectNet folder {self.root} not found")
+        for split in self.splits:
+            if not (self.root / AFFECTNET_LABEL_FILES[split]).is_file():
+                raise FileNotFoundError(f"AffectNet label file {self.root / AFFECTNET_LABEL_FILES[split]} not found")
+
+    @staticmethod
+    def image_root(root):
+        """The folder AffectNet file names are relative to: the dataset's root itself."""
+        return Path(root)
+
+    def samples(self) -> Iterator[Sample]:
+        counts, seen = Counter(), {}
+        for split in self.splits:
+            labels_file = self.root / AFFECTNET_LABEL_FILES[split]
+            with open(labels_file, newline="", encoding="utf-8-sig") as file:
+                reader = csv.DictReader(file)
+                missing = {"image", "emotion"} - set(reader.fieldnames or ())
+                if missing:
+                    raise ValueError(
+                        f"{labels_file}: the CSV header must name columns image and emotion; "
+                        f"missing {sorted(missing)} in {reader.fieldnames}"
+                    )
+                for row in reader:
+                    where = f"{labels_file}:{reader.line_num}"
+                    file_name = affectnet_file_name(row["image"], split, where)
+                    if file_name in seen:
+                        raise ValueError(f"{where}: {file_name!r} is listed again (first at {seen[file_name]})")
+                    seen[file_name] = where
+                    label = affectnet_label(row["emotion"], file_name, where)
+                    counts[split] += 1
+                    yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+        check_split_counts(self.name, counts, str(self.root), self.splits)
+
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("root", help="the AffectNet folder (holding the two CSVs, train_class/ and val_class/)")
+        parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="default: both")
+
+    @classmethod
+    def from_arguments(cls, args):
+        return cls(args.root, splits=args.splits)
+
+
+def affectnet_file_name(value, split, where):
+    """The part of a CSV `image` path from its split folder on: `train_class/class001/image0000005.jpg`."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: empty image path")
+    parts = value.strip().replace("\\", "/").split("/")
+    folder = AFFECTNET_IMAGE_FOLDERS[split]
+    if folder not in parts:
+        raise ValueError(f"{where}: image {value!r} of the {split} split is not under {folder}/")
+    file_name = checked_file_name("/".join(parts[parts.index(folder) :]), where)
+    if file_name.count("/") != 2:
+        raise ValueError(f"{where}: image {value!r} is not {folder}/class00N/<file>")
+    return file_name
+
+
+def affectnet_label(code, file_name, where):
+    """The canonical label of an emotion code 1..8 ("6" or "6.0"), which must match the file's class00N folder."""
+    try:
+        number = float(code)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number.is_integer() or not 1 <= number <= len(EXPRESSION_LABELS):
+        raise ValueError(f"{where}: AffectNet emotion code {code!r} is not one of 1-{len(EXPRESSION_LABELS)}")
+    number = int(number)
+    folder = file_name.split("/")[1]
+    if folder != f"class{number:03d}":
+        raise ValueError(f"{where}: {file_name} is in {folder}/ but its emotion code is {number} (class{number:03d})")
+    return EXPRESSION_LABELS[number - 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The official ExpLLM annotation files
+
+OFFICIAL_DATASETS = ("rafdb", "affectnet")
+IMAGE_ROOTS = {"rafdb": RafdbSource.image_root, "affectnet": AffectNetSource.image_root}
+
+
+def image_root(dataset, root):
+    """The folder a dataset's file names are relative to, given the dataset's root as its users keep it."""
+    return IMAGE_ROOTS.get(dataset, Path)(root)
+
+
+def official_dataset_and_split(file_name):
+    """(dataset, split) of a file name of the official files: `train_00001_aligned.jpg` is RAF-DB train,
+    `val_class/class003/image0003861.jpg` is AffectNet test; None for any other name."""
+    parts = file_name.split("/")  # a checked file name: "/"-separated, no empty parts
+    if len(parts) == 3 and parts[0] in AFFECTNET_IMAGE_FOLDERS.values():
+        return "affectnet", next(split for split, folder in AFFECTNET_IMAGE_FOLDERS.items() if folder == parts[0])
+    if len(parts) == 1:
+        for split in SPLITS:
+            if file_name.startswith(f"{split}_"):
+                return "rafdb", split
+    return None
+
+
+class OfficialJsonSource:
+    """An official ExpLLM annotation file: a JSON list of `{"file_name", "emo"[, "au"][, "description"]}` entries
+    (`rafdb_train.json`, `Affectnet_kaggle_valid-sample-affectnet.json`, `rafdb_emo_au_val_mini_description.json`...).
+
+    The dataset and each entry's split follow from the file names (`train_00001_aligned.jpg` is RAF-DB train,
+    `val_class/...` AffectNet test). `au` (24 FEAFA intensities) becomes the sample's AUs, so the engine skips Img2AU;
+    `entries()` also gives each `description` (an Exp-CoT) for the dataset builder. `root` is the dataset's folder (the
+    RAF-DB or AffectNet root, as for their own sources); without it the samples have no images (annotations only).
+    """
+
+    help = "an official ExpLLM annotation JSON (file_name, emo[, au, description]) with the dataset's image root"
+    default_au_model = "mediapipe"
+
+    def __init__(self, json_file, root=None, dataset=None):
+        self.json_file = Path(json_file)
+        if not self.json_file.is_file():
+            raise FileNotFoundError(f"annotation file {self.json_file} not found")
+        if dataset is not None and dataset not in OFFICIAL_DATASETS:
+            raise ValueError(f"dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
+        try:
+            self._entries = json.loads(self.json_file.read_text(encoding="utf-8-sig"))
+        except ValueError as error:
+            raise ValueError(f"{self.json_file}: not a JSON file ({error})") from None
+        if not isinstance(self._entries, list) or not self._entries:
+            raise ValueError(f"{self.json_file}: expected a non-empty JSON list of annotation entries")
+        self.name = dataset or self._dataset_of_first_entry()
+        self.root = None if root is None else image_root(self.name, root)
+        if self.root is not None and not self.root.is_dir():
+            raise NotADirectoryError(f"image folder {self.root} of {self.json_file} not found")
+
+    def _dataset_of_first_entry(self):
+        entry = self._entries[0]
+        name = entry.get("file_name") if isinstance(entry, dict) else None
+        found = official_dataset_and_split(name) if isinstance(name, str) else None
+        if found is None:
+            raise ValueError(
+                f"{self.json_file} entry 0: cannot tell the dataset from file name {name!r}; "
+                f"give it ({' or '.join(OFFICIAL_DATASETS)})"
+            )
+        return found[0]
+
+    def entries(self) -> Iterator[tuple[Sample, str | None]]:
+        """(sample, description or None) for every entry, checked."""
+        seen, counts = {}, Counter()
+        for index, entry in enumerate(self._entries):
+            where = f"{self.json_file} entry {index}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: expected an object with file_name and emo, got {entry!r:.120}")
+            file_name = checked_file_name(entry.get("file_name"), where)
+            where = f"{where} ({file_name})"
+            found = official_dataset_and_split(file_name)
+            if found is None or found[0] != self.name:
+                raise ValueError(f"{where}: not a file name of {self.name} (train/test split unknown)")
+            if file_name in seen:
+                raise ValueError(f"{where}: listed again (first as entry {seen[file_name]})")
+            seen[file_name] = index
+            label = checked_label(entry.get("emo"), f"{where}, field 'emo'")
+            if self.name == "affectnet":  # the class folder names the label too; both must agree
+                affectnet_label(EXPRESSION_LABELS.index(label) + 1, file_name, f"{where}, field 'emo' ({label})")
+            au = checked_au(entry["au"], f"{where}, field 'au'") if entry.get("au") is not None else None
+            description = entry.get("description")
+            if description is not None and (not isinstance(description, str) or not description.strip()):
+                raise ValueError(f"{where}, field 'description': expected non-empty text, got {description!r:.120}")
+            counts[found[1]] += 1
+            sample = Sample(f"{self.name}/{file_name}", self.name, found[1], file_name, label, self.root, au=au)
+            yield sample, description
+        check_split_counts(self.name, counts, str(self.json_file), tuple(counts))
+
+    def samples(self) -> Iterator[Sample]:
+        for sample, _ in self.entries():
+            yield sample
+
+    @staticmethod
+    def add_arguments(parser):
+        parser.add_argument("json_file", help="the annotation file (a JSON list of file_name, emo[, au, description])")
+        parser.add_argument("--images", required=True, help="the dataset's folder: the RAF-DB or AffectNet root")
+        parser.add_argument("--dataset", choices=OFFICIAL_DATASETS, help="default: told by the file names")
+
+    @classmethod
+    def from_arguments(cls, args):
+        return cls(args.json_file, root=args.images, dataset=args.dataset)
+
+
+SOURCES = {
+    "synthetic": SyntheticSource,
+    "folder": FolderSource,
+    "rafdb": RafdbSource,
+    "affectnet": AffectNetSource,
+    "official": OfficialJsonSource,
+}

@@ -85,3 +85,35 @@ def save_tiny_backbones(
     LlamaForCausalLM(text_config).save_pretrained(text_dir)
     tokenizer.save_pretrained(text_dir)
     return vision_dir, text_dir
+
+
+def pretrain_language_model(text_dir, conversations, steps=300, batch_size=16, learning_rate=3e-3, seed=0):
+    """Give the random tiny language model the head start a real one brings: a few hundred steps of next-token training
+    on conversation transcripts (the image left out), so that it already speaks the format and the label words. The
+    LoRA recipe of stage 2 assumes such a pretrained language model; it cannot teach a random one to talk."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .processing_expllm import DEFAULT_CHAT_TEMPLATE
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.unk_token  # padding only; labels mask it out
+    model = AutoModelForCausalLM.from_pretrained(text_dir)
+    texts = [
+        tokenizer.apply_chat_template(messages, chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False, image_token="")
+        for messages in conversations
+    ]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        batch = [texts[i] for i in torch.randint(len(texts), (batch_size,), generator=generator).tolist()]
+        encoded = tokenizer(batch, padding=True, return_tensors="pt", add_special_tokens=False)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        loss = model(**encoded, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(text_dir)
+    return float(loss)
