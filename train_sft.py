@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import yaml
-from datasets import load_dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from dataset_builders.local_images import with_local_images
+from dataset_builders.local_images import load_exp_cot, with_local_images
 from dataset_builders.training_data import (
     ExpLLMCollator,
     FaceAugmentation,
@@ -131,7 +130,7 @@ def load_training_source(script_args):
         folder = script_args.image_folder or os.path.dirname(script_args.dataset_name)
         source, entries = llava_pretrain_source(script_args.dataset_name, folder)
     else:
-        dataset = load_dataset(
+        dataset = load_exp_cot(
             script_args.dataset_name, script_args.dataset_config, split=script_args.dataset_train_split
         )
         if script_args.rafdb_root or script_args.affectnet_root:

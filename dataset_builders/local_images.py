@@ -11,9 +11,22 @@ The roots are the datasets' folders as their authors ship them (RAF-DB's holds `
 an image keep it. The images are not copied: the rows point at the files, which `datasets` opens when a row is read.
 """
 
+import os
+
 import datasets
 
 from .sources import image_root
+
+
+def load_exp_cot(path, config=None, *, split=None, revision=None, **kwargs):
+    """`datasets.load_dataset(path, config, split=...)`, except that a local folder is always read from disk.
+
+    `datasets` names the cache of a local folder after the folder's name and its README's configs, not its path or
+    contents: a folder rebuilt in place (or another folder of the same name) would otherwise load the old rows.
+    """
+    if os.path.isdir(path) and "download_mode" not in kwargs:
+        kwargs["download_mode"] = datasets.DownloadMode.FORCE_REDOWNLOAD
+    return datasets.load_dataset(path, config, split=split, revision=revision, **kwargs)
 
 
 def _image_folders(roots):

@@ -136,9 +136,10 @@ def load_records(args):
     """The dataset split, its labels as canonical names, and the reference CoT texts (None without a `cot` column)."""
     import datasets
 
+    from dataset_builders.local_images import load_exp_cot
     from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
 
-    dataset = datasets.load_dataset(args.dataset, args.config, split=args.split, revision=args.dataset_revision)
+    dataset = load_exp_cot(args.dataset, args.config, split=args.split, revision=args.dataset_revision)
     where = f"{args.dataset}" + (f" ({args.config})" if args.config else "") + f" split {args.split!r}"
     for column in ("image", "label"):
         if column not in dataset.column_names:

@@ -10,6 +10,14 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL_DIR = os.path.join(REPO_ROOT, "..", "shared", "reference", "expllm_official")
 
 
+def pytest_configure(config):
+    """A `datasets` cache of this run's own: the user's cache can hold stale rows of folders named like the tests'
+    (`datasets` keys a local folder's cache by its name and README, not its contents). Subprocesses inherit it."""
+    import tempfile
+
+    os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="expllm-tests-datasets-")
+
+
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory):
     from modeling_expllm.tiny import save_tiny_backbones
