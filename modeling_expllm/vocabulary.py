@@ -230,31 +230,33 @@ def active_action_units(au_vector):
 EXPRESSION_PROTOTYPES = {
     "Neutral": {},
     "Happiness": {
-        "Left Lip Corner Pull": 0.75, "Right Lip Corner Pull": 0.75, "Left Eye Close": 0.3, "Right Eye Close": 0.3,
-        "Jaw Drop": 0.2,
+        "Left Lip Corner Pull": 0.8, "Right Lip Corner Pull": 0.8, "Left Eye Close": 0.35, "Right Eye Close": 0.35,
+        "Jaw Drop": 0.25,
     },
     "Sadness": {
-        "Left Brow Lower": 0.35, "Right Brow Lower": 0.35, "Lower Lip Depress": 0.45, "Chin Raise": 0.5,
-        "Left Eye Close": 0.25, "Right Eye Close": 0.25,
+        "Left Brow Lower": 0.4, "Right Brow Lower": 0.4, "Left Brow Raise": 0.35, "Right Brow Raise": 0.35,
+        "Lower Lip Depress": 0.55, "Chin Raise": 0.55, "Left Eye Close": 0.25, "Right Eye Close": 0.25,
     },
     "Surprise": {
-        "Left Lid Raise": 0.65, "Right Lid Raise": 0.65, "Left Brow Raise": 0.75, "Right Brow Raise": 0.75,
-        "Jaw Drop": 0.65,
+        "Left Lid Raise": 0.7, "Right Lid Raise": 0.7, "Left Brow Raise": 0.8, "Right Brow Raise": 0.8,
+        "Jaw Drop": 0.75,
     },
     "Fear": {
-        "Left Lid Raise": 0.7, "Right Lid Raise": 0.7, "Left Brow Raise": 0.45, "Right Brow Raise": 0.45,
-        "Left Brow Lower": 0.3, "Right Brow Lower": 0.3, "Left Lip Corner Stretch": 0.65,
-        "Right Lip Corner Stretch": 0.65, "Jaw Drop": 0.3,
+        "Left Lid Raise": 0.75, "Right Lid Raise": 0.75, "Left Brow Raise": 0.5, "Right Brow Raise": 0.5,
+        "Left Brow Lower": 0.35, "Right Brow Lower": 0.35, "Left Lip Corner Stretch": 0.7,
+        "Right Lip Corner Stretch": 0.7, "Jaw Drop": 0.3,
     },
     "Disgust": {
-        "Nose Wrinkle": 0.75, "Upper Lip Raise": 0.65, "Left Brow Lower": 0.4, "Right Brow Lower": 0.4,
-        "Left Eye Close": 0.3, "Right Eye Close": 0.3, "Chin Raise": 0.25,
+        "Nose Wrinkle": 0.85, "Upper Lip Raise": 0.75, "Left Brow Lower": 0.45, "Right Brow Lower": 0.45,
+        "Left Eye Close": 0.35, "Right Eye Close": 0.35, "Chin Raise": 0.2,
     },
     "Anger": {
-        "Left Brow Lower": 0.8, "Right Brow Lower": 0.8, "Left Lid Raise": 0.3, "Right Lid Raise": 0.3,
-        "Upper Lip Suck": 0.4, "Lower Lip Suck": 0.4, "Jaw Thrust": 0.3, "Chin Raise": 0.35,
+        "Left Brow Lower": 0.85, "Right Brow Lower": 0.85, "Left Lid Raise": 0.35, "Right Lid Raise": 0.35,
+        "Upper Lip Suck": 0.5, "Lower Lip Suck": 0.5, "Jaw Thrust": 0.3, "Chin Raise": 0.35,
     },
-    "Contempt": {"Right Lip Corner Pull": 0.6, "Right Lip Corner Stretch": 0.2, "Jaw Slide Right": 0.15},
+    "Contempt": {
+        "Right Lip Corner Pull": 0.8, "Right Lip Corner Stretch": 0.4, "Jaw Slide Right": 0.15, "Right Eye Close": 0.3,
+    },
 }
 
 
