@@ -132,7 +132,7 @@ def _background_colour(skin, rng, tries=20):
 
 
 def sample_appearance(rng: np.random.Generator) -> FaceAppearance:
-    """A random FaceAppearance whose face (chin, cheeks, hair at the sides and hairline included) lies inside the frame.
+    """A random FaceAppearance whose face (chin, cheeks, hair at the sides and hairline included) lies in the frame.
 
     Pose varies only a little (a pixel or two of shift, a few percent of scale, a few degrees of tilt): a small
     vision transformer trained from scratch learns each feature at the places it has seen it, and tiny position

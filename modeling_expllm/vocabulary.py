@@ -20,6 +20,7 @@ LABEL_TO_ID = {label: index for index, label in enumerate(EXPRESSION_LABELS)}
 # Words people and models use for each label: the name, its inflections and common synonyms. Matching is on whole
 # words, case-insensitive. Words that name a facial movement rather than a feeling ("smile", "frown") are not here:
 # they are evidence for a label, not a statement of it.
+# fmt: off
 LABEL_SYNONYMS = {
     "Neutral": ("neutral", "neutrally", "neutrality", "expressionless", "impassive", "no emotion", "no expression"),
     "Happiness": (
@@ -50,6 +51,7 @@ LABEL_SYNONYMS = {
         "contempt", "contemptuous", "contemptuously", "scorn", "scornful", "disdain", "disdainful", "sneering",
     ),
 }
+# fmt: on
 
 _SYNONYM_TO_LABEL = {word: label for label, words in LABEL_SYNONYMS.items() for word in words}
 # Longest first so that "no emotion" wins over a shorter word inside it.
@@ -108,6 +110,7 @@ class ActionUnit:
     cue_words: tuple = ()
 
 
+# fmt: off
 _EYE = ("eye", "eyes", "eyelid", "eyelids", "lid", "lids")
 _BROW = ("brow", "brows", "eyebrow", "eyebrows")
 _JAW = ("jaw", "mouth")
@@ -184,6 +187,7 @@ ACTION_UNITS = (
         ("wrinkl", "scrunch", "crinkl"), ("wrinkl", "scrunch"),
     ),
 )
+# fmt: on
 AU_NAMES = tuple(unit.name for unit in ACTION_UNITS)
 NUM_ACTION_UNITS = len(ACTION_UNITS)
 AU_INDEX = {unit.name: unit.index for unit in ACTION_UNITS}
@@ -194,6 +198,7 @@ AU_INDEX = {unit.name: unit.index for unit in ACTION_UNITS}
 # about 0.1 (slight | mild), 0.2 (mild | moderate) and 0.4 (moderate | strong). "notable" and "noticeable" sit with the
 # strong words because that is how those texts use them (median intensity 0.41-0.48, against 0.26 for "moderate").
 PRESENCE_THRESHOLD = 0.0
+# fmt: off
 DEGREE_BANDS = (
     ("slight", 0.0, 0.1, (
         "slight", "slightly", "subtle", "subtly", "minimal", "minimally", "faint", "barely", "small",
@@ -206,6 +211,7 @@ DEGREE_BANDS = (
         "notable", "notably",
     )),
 )
+# fmt: on
 DEGREE_NAMES = tuple(band[0] for band in DEGREE_BANDS)
 
 
@@ -227,6 +233,7 @@ def active_action_units(au_vector):
 # Typical AU intensities of each expression, by AU name (absent = 0). The synthetic-face sampler draws around these and
 # the offline CoT writer reads from them which AUs support which expression. They follow the usual FACS descriptions
 # translated to FEAFA's units (FEAFA has no lip-corner depressor, so sadness leans on the lower lip and chin).
+# fmt: off
 EXPRESSION_PROTOTYPES = {
     "Neutral": {},
     "Happiness": {
@@ -259,6 +266,8 @@ EXPRESSION_PROTOTYPES = {
     },
 }
 
+# fmt: on
+
 
 def prototype_vector(label):
     """The 24-value AU prototype of a label, in FEAFA order."""
@@ -276,7 +285,8 @@ COT_MAX_WORDS = 130
 
 FER_QUESTION = (
     "Which facial expression does this face show? Answer with exactly one word from: "
-    + ", ".join(EXPRESSION_LABELS) + "."
+    + ", ".join(EXPRESSION_LABELS)
+    + "."
 )
 COT_QUESTION = (
     "Analyse this face step by step: name the facial action units you see and how strongly they act, explain what "
@@ -312,4 +322,3 @@ def cot_messages(cot=None, label=None, cot_question=COT_QUESTION, fer_question=F
     if label is not None:
         messages += [_turn("user", fer_question), _turn("assistant", label)]
     return messages
-
