@@ -126,6 +126,8 @@ def gather_inputs(*, rafdb=None, affectnet=None, official=(), runs=None, synthet
         images = str(images) if Path(images).is_dir() else None
         if synthetic_images is not None and images is None:
             raise NotADirectoryError(f"synthetic image folder {synthetic_images} not found")
+        if images is None and not annotations_only:
+            print(f"warning: synthetic run {run} has no images/synthetic folder: its records are built without images")
         inputs.append(
             RecordInput("synthetic", "engine", str(run), images, images is not None and not annotations_only)
         )

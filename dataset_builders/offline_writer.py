@@ -81,7 +81,7 @@ GROUP_FRAMES = (  # one group of movements and the expression they suggest
 )
 GROUP_VERBS = {1: ("suggests", "points to", "fits"), 2: ("suggest", "point to", "fit")}
 UNGROUPED_FRAMES = (  # movements that suggest no expression in particular
-    "{movements}, which carry no particular emotional meaning.",
+    "{movements}, with no particular emotional meaning.",
     "Without a link to any one expression: {movements}.",
 )
 ALSO_SEEN = (" (also typical of {emotions})", " (also found in {emotions})")
@@ -105,7 +105,7 @@ NEUTRAL_INTERPRETATIONS = (
     "Activity is low and does not come together into any one emotion, which leaves a calm, resting face.",
 )
 REST_INTERPRETATION = "With no movement at all, no emotion is being signalled and the face reads as calm."
-UNLINKED_ENDINGS = (", while {movements} add nothing either way.", "; {movements} stay without emotional weight.")
+UNLINKED_ENDINGS = (", with no emotional weight from {movements}.", "; nothing either way comes from {movements}.")
 BRIEF_UNGROUPED = "Of no particular emotion"
 BRIEF_CONCLUSIONS = ("Final reading: {label}.", "The expression is {label}.")
 REVEALED_SUPPORT = (

@@ -127,16 +127,17 @@ class SyntheticSource:
     help = "the project's synthetic faces, drawn from AU vectors (the oracle reads the AUs back exactly)"
     default_au_model = "oracle"
 
-    def __init__(self, count, root, seed=0, split="train", start=0):
+    def __init__(self, count, root, seed=0, split="train", start=0, size=224):
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"count must be a non-negative integer, got {count!r}")
         self.count, self.root, self.seed, self.split, self.start = count, Path(root), seed, split, start
+        self.size = size
 
     def samples(self) -> Iterator[Sample]:
         from dataset_builders.synthetic_faces import generate_faces, save_face
 
         self.root.mkdir(parents=True, exist_ok=True)
-        for face in generate_faces(self.count, seed=self.seed, start=self.start):
+        for face in generate_faces(self.count, seed=self.seed, start=self.start, size=self.size):
             file_name = f"{face.id}.png"
             path = self.root / file_name
             if not path.exists():
@@ -152,12 +153,13 @@ class SyntheticSource:
         parser.add_argument("--face-seed", type=int, default=0, help="seed of the faces (default 0)")
         parser.add_argument("--start", type=int, default=0, help="index of the first face (default 0)")
         parser.add_argument("--split", default="train")
+        parser.add_argument("--face-size", type=int, default=224, help="side of the rendered faces in pixels")
         parser.add_argument("--images", help="folder for the rendered faces (default: <output>/images/synthetic)")
 
     @classmethod
     def from_arguments(cls, args):
         root = args.images or os.path.join(args.output, "images", "synthetic")
-        return cls(args.count, root, seed=args.face_seed, split=args.split, start=args.start)
+        return cls(args.count, root, seed=args.face_seed, split=args.split, start=args.start, size=args.face_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

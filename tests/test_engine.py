@@ -421,3 +421,16 @@ def test_command_line_runs_and_reports_bad_input_clearly(tmp_path, capsys):
     arguments = ["folder", str(tmp_path / "images"), "--labels", str(tmp_path / "labels.txt")]
     assert engine_main([*arguments, "--output", str(tmp_path / "bad")]) == 2
     assert "labels.txt:2: label 'grumpy' is not one of" in capsys.readouterr().err
+
+
+def test_synthetic_source_renders_at_the_asked_size_and_the_oracle_reads_its_aus(tmp_path):
+    from PIL import Image
+
+    from dataset_builders.synthetic_faces import generate_faces, oracle_action_units
+
+    samples = list(SyntheticSource(2, tmp_path / "faces", seed=4, size=96).samples())
+    for sample, face in zip(samples, generate_faces(2, seed=4, size=96)):
+        path = tmp_path / "faces" / sample.file_name
+        with Image.open(path) as image:
+            assert image.size == (96, 96)
+        assert oracle_action_units(path) == [round(value, 4) for value in face.au]
