@@ -63,7 +63,10 @@ class ScriptArguments:
     overlong: str = field(default="error", metadata={"help": "Sequences over max_length: 'error' or 'drop'."})
     check_images: bool = field(default=True, metadata={"help": "Open every image before training."})
     merge_lora: bool = field(default=False, metadata={"help": "At the end, also save a merged remote-code model."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N samples."})
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Use only the first N records (images) of the dataset, with all their samples."},
+    )
 
 
 class AugmentationEpoch(TrainerCallback):
@@ -140,10 +143,11 @@ def load_training_source(script_args):
             source, entries = caption_source(dataset, caption_column=script_args.caption_column)
         else:
             source, entries = expression_source(dataset)
+    if script_args.max_train_samples is not None:
+        # Records, not listing entries: cutting the mixed listing would keep FER samples and drop every CoT one.
+        entries = [entry for entry in entries if entry[0] < script_args.max_train_samples]
     if script_args.stage == 2:
         entries = mix_fer_and_cot(entries, script_args.cot_ratio)
-    if script_args.max_train_samples is not None:
-        entries = entries[: script_args.max_train_samples]
     return training_dataset(source, entries)
 
 

@@ -96,6 +96,39 @@ def test_label_probabilities_match_scoring_each_answer_separately(tiny_model, la
             assert prediction.log_likelihoods[row, candidate].item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_label_probabilities_agree_with_the_greedy_answer_of_a_trained_model(tiny_model):
+    """Overfit the model on one synthetic face per class: the most probable label of the one-pass scoring is then the
+    truth, and it is also what greedy generation answers."""
+    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.training_data import ExpLLMCollator
+
+    model, processor = tiny_model
+    torch.manual_seed(0)
+    labelled = list(generate_faces(len(EXPRESSION_LABELS), seed=3, size=64))
+    rows = [{"images": [face.image], "messages": processor.fer_messages(face.label)} for face in labelled]
+    batch = ExpLLMCollator(processor)(rows)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(120):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+    images = [face.image for face in labelled]
+    with torch.inference_mode():
+        prediction = model.predict_expression(**processor.expression_inputs(images))
+        prompt = processor.apply_chat_template(processor.fer_messages(), add_generation_prompt=True)
+        processor.tokenizer.padding_side = "left"
+        inputs = processor(images=images, text=[prompt] * len(images), padding=True, return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    most_probable = [prediction.labels[i] for i in prediction.probabilities.argmax(-1).tolist()]
+    assert most_probable == [face.label for face in labelled]
+    assert [answer.strip() for answer in answers] == most_probable
+    assert prediction.probabilities.max(-1).values.min() > 0.5
+
+
 def test_expression_inputs_reject_unknown_labels(tiny_model):
     _, processor = tiny_model
     with pytest.raises(ValueError, match="Joyful"):
@@ -118,7 +151,10 @@ def test_lora_attaches_to_query_and_value_of_both_towers(tiny_model):
 
     model, _ = tiny_model
     config = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "v_proj"],
         modules_to_save=["multi_modal_projector"],
     )
     peft_model = get_peft_model(model, config)

@@ -163,11 +163,14 @@ def logged_losses(output):
 
 def test_resume_continues_the_same_run(workspace, stage1):
     straight = str(workspace["root"] / "straight")
-    run_train(*stage2_args(workspace, stage1, straight, "--max_steps", "4", "--save_steps", "2"))
+    # With the official augmentations on (tiny_cpu.yaml leaves them off): they too must be redrawn the same.
+    augmented = ("--augment", "true", "--dataloader_num_workers", "1")
+    run_train(*stage2_args(workspace, stage1, straight, "--max_steps", "4", "--save_steps", "2", *augmented))
     # As if the run had been killed right after its step-2 checkpoint and started again from it.
     resumed = str(workspace["root"] / "resumed")
     checkpoint = os.path.join(straight, "checkpoint-2")
-    run_train(*stage2_args(workspace, stage1, resumed, "--max_steps", "4", "--resume_from_checkpoint", checkpoint))
+    resume = ("--resume_from_checkpoint", checkpoint)
+    run_train(*stage2_args(workspace, stage1, resumed, "--max_steps", "4", *resume, *augmented))
     first, second = logged_losses(straight), logged_losses(resumed)
     assert set(first) == {1, 2, 3, 4} and set(second) == {1, 2, 3, 4}  # the resumed state keeps steps 1-2's logs
     for step in (3, 4):  # same data order, same augmentations, same optimizer and schedule
