@@ -1,0 +1,195 @@
+"""How fast do stage-2 steps run, with this project's collator and with TRL's stock VLM recipe, in one run?
+
+For one model config, random weights, LoRA r=8 on q/v of both towers plus the projector (the stage-2 recipe), it runs
+`SFTTrainer` for a few steps twice on the same synthetic FER and CoT conversations (3:1):
+
+  ours   ExpLLMCollator: the loss on assistant answers only, images and prompts masked (what train_sft.py uses);
+  stock  TRL's DataCollatorForVisionLanguageModeling with its defaults (no custom settings): the loss on every token.
+
+and prints, after the warm-up steps, samples/s, tokens/s (image tokens included), peak memory and, on a GPU, the model
+FLOPs utilisation, with the ratio ours / stock.
+
+    python bench/train_throughput.py                      # tiny towers, on this CPU
+    python bench/train_throughput.py --size 7b --batch-size 8 --peak-tflops 989   # ViT-L/14 + Llama-7B, bf16, GPU
+
+`--size 7b` is the paper's model shape (ExpLLMConfig's defaults: DINOv2 ViT-L/14 at 224 px, a Llama-2-7B-shaped LM)
+with random weights, so it needs no download; the tokenizer is the tiny in-process one (vocabulary sizes differ, the
+work per token does not). MFU counts 2N FLOPs per token forward, 2N backward through the frozen weights and
+2N_trainable for the LoRA and projector gradients, N being the parameter count (attention's own FLOPs left out).
+"""
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from dataset_builders.offline_writer import refine, write_description
+from dataset_builders.synthetic_faces import generate_faces
+from dataset_builders.training_data import ExpLLMCollator
+from modeling_expllm.configuration_expllm import ExpLLMConfig
+from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
+from modeling_expllm.tiny import save_tiny_backbones
+from modeling_expllm.vocabulary import cot_messages, fer_messages
+
+
+def build_model(size, folder, device, dtype):
+    """(model, processor) of the asked size; the processor's image size matches the vision tower's."""
+    image_size = 56 if size == "tiny" else 224
+    backbones = save_tiny_backbones(folder, image_size=image_size, patch_size=14)
+    model, processor = ExpLLMForConditionalGeneration.from_backbones(*backbones)
+    if size == "7b":
+        tokenizer = processor.tokenizer
+        config = ExpLLMConfig(image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        with torch.device(device):
+            model = ExpLLMForConditionalGeneration(config).to(dtype)
+    return model.to(device), processor
+
+
+def conversations(count, image_size):
+    """Synthetic faces with FER one-round and CoT two-round conversations, three FER to one CoT."""
+    rows = []
+    for index, face in enumerate(generate_faces(count, seed=5, size=image_size)):
+        if index % 4 == 3:
+            messages = cot_messages(refine(write_description(face.au), face.au, face.label), face.label)
+        else:
+            messages = fer_messages(face.label)
+        rows.append({"images": [face.image], "messages": messages})
+    return rows
+
+
+class StepTimer(TrainerCallback):
+    """Each step's start and end time, and the trainer's count of non-padding tokens seen (image tokens included)."""
+
+    def __init__(self, device):
+        self.device, self.starts, self.ends, self.tokens = device, [], [], []
+
+    def _now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.starts.append(self._now())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(self._now())
+        self.tokens.append(state.num_input_tokens_seen)
+
+
+def peak_memory_gib(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; the process's peak so far
+
+
+def run(name, model, processor, rows, collator, args, device, output_dir):
+    from peft import LoraConfig
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer(device)
+    training_args = SFTConfig(
+        output_dir=os.path.join(output_dir, name),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-4,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        bf16=device.type == "cuda",
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=args.gradient_checkpointing,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        dataloader_num_workers=args.workers,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        seed=0,
+    )
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+        modules_to_save=["multi_modal_projector"],
+    )  # fmt: skip
+    from datasets import Dataset
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=lora,
+        callbacks=[timer],
+    )
+    trainer.train()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    trainer.model.unload()  # the base model without LoRA layers, for the next run
+    measured = slice(args.warmup, args.warmup + args.steps)
+    seconds = sum(end - start for start, end in zip(timer.starts[measured], timer.ends[measured]))
+    tokens = timer.tokens[args.warmup + args.steps - 1] - timer.tokens[args.warmup - 1]
+    result = {
+        "samples_per_s": args.steps * args.batch_size / seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_memory_gib": peak_memory_gib(device),
+        "seconds_per_step": seconds / args.steps,
+    }
+    if device.type == "cuda":
+        flops_per_token = 4 * total + 2 * trainable
+        result["mfu"] = flops_per_token * result["tokens_per_s"] / (args.peak_tflops * 1e12)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("tiny", "7b"), default="tiny")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20, help="measured steps")
+    parser.add_argument("--warmup", type=int, default=5, help="steps before measuring")
+    parser.add_argument("--workers", type=int, default=1, help="dataloader workers")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # at tiny sizes one thread beside the collation worker is fastest on 2 cores
+
+    with tempfile.TemporaryDirectory() as folder:
+        model, processor = build_model(args.size, os.path.join(folder, "backbones"), device, dtype)
+        image_size = processor.image_processor.size.height
+        rows = conversations((args.warmup + args.steps) * args.batch_size, image_size)
+        print(
+            f"{args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {device} ({dtype}), "
+            f"batch {args.batch_size}, {args.steps} steps measured after {args.warmup}"
+        )
+        results = {}
+        collators = {
+            "ours": ExpLLMCollator(processor),
+            "stock": DataCollatorForVisionLanguageModeling(processor),
+        }
+        for name, collator in collators.items():
+            try:
+                results[name] = run(name, model, processor, rows, collator, args, device, folder)
+            except Exception as error:  # the stock recipe may not run on this model at all: say why, go on
+                print(f"{name}: failed: {type(error).__name__}: {error}")
+                continue
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in results[name].items())
+            print(f"{name}: {shown}")
+        if len(results) == 2:
+            ratios = {key: results["ours"][key] / results["stock"][key] for key in results["ours"]}
+            print("ours / stock: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()
