@@ -23,7 +23,6 @@ import concurrent.futures
 import functools
 import hashlib
 import json
-import numbers
 import os
 import re
 import string
@@ -42,7 +41,13 @@ from dataset_builders.exp_cot.backends import (
     OpenAIBackend,
 )
 from dataset_builders.exp_cot.cache import ResponseCache
-from modeling_expllm.vocabulary import ACTION_UNITS, COT_SECTIONS, DEGREE_NAMES, NUM_ACTION_UNITS, degree_of
+from modeling_expllm.vocabulary import (
+    ACTION_UNITS,
+    COT_SECTIONS,
+    DEGREE_NAMES,
+    check_au_vector,
+    degree_of,
+)
 
 PARTS = ("key_observations", "overall_interpretation", "conclusion")  # the score's parts, in COT_SECTIONS order
 PART_OF_SECTION = dict(zip(COT_SECTIONS, PARTS))
@@ -123,23 +128,6 @@ def _other_side_units():
 
 
 OTHER_SIDE = _other_side_units()
-
-
-def check_au_vector(au, what="au"):
-    """The 24 intensities of an AU vector (any sequence of real numbers, numpy's included) as floats, or a ValueError
-    naming what is wrong."""
-    try:
-        values = list(au)
-    except TypeError:
-        raise ValueError(f"{what} must be {NUM_ACTION_UNITS} AU intensities in FEAFA order, got {au!r}") from None
-    if len(values) != NUM_ACTION_UNITS:
-        raise ValueError(f"{what} must be {NUM_ACTION_UNITS} AU intensities in FEAFA order, got {len(values)} values")
-    for index, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < float("inf"):
-            raise ValueError(
-                f"{what}[{index}] ({ACTION_UNITS[index].name}) must be a finite number >= 0, got {value!r}"
-            )
-    return [float(value) for value in values]
 
 
 def described_units(text):

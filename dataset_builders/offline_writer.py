@@ -24,7 +24,7 @@ from modeling_expllm.vocabulary import (
     EXPRESSION_LABELS,
     EXPRESSION_PROTOTYPES,
     LABEL_TO_ID,
-    NUM_ACTION_UNITS,
+    check_au_vector,
     degree_of,
     normalize_label,
     prototype_vector,
@@ -136,23 +136,6 @@ STEP_TITLES = ("Step 1, each movement and what each suggests", "Step 2, how the 
 # Inputs
 
 
-def _checked_au(au):
-    if isinstance(au, (str, bytes)) or not hasattr(au, "__len__"):
-        raise ValueError(f"au must be a sequence of {NUM_ACTION_UNITS} intensities, got {type(au).__name__}")
-    if len(au) != NUM_ACTION_UNITS:
-        raise ValueError(f"au must hold {NUM_ACTION_UNITS} intensities (FEAFA order), got {len(au)}")
-    values = []
-    for unit, value in zip(ACTION_UNITS, au):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"au[{unit.index}] ({unit.name}) must be a number, got {value!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"au[{unit.index}] ({unit.name}) must be a finite number >= 0, got {value!r}")
-        values.append(value)
-    return values
-
-
 def _checked_label(label, argument):
     canonical = normalize_label(label)
     if canonical is None:
@@ -178,7 +161,7 @@ class _Chooser:
 def infer_expression(au, labels=EXPRESSION_LABELS):
     """(label, scores): the expression an AU vector points to, by cosine similarity with each label's prototype,
     weighed by how expressive the face is (its peak intensity against EXPRESSIVE_PEAK); Neutral scores the rest."""
-    values = _checked_au(au)
+    values = check_au_vector(au)
     labels = tuple(_checked_label(label, "label") for label in labels)
     engagement = min(1.0, max(values) / EXPRESSIVE_PEAK)
     norm = math.sqrt(sum(v * v for v in values))
@@ -412,7 +395,7 @@ def write_description(au, *, target_label=None):
     revealed in Feedback Reflection) it concludes that label, stating which movements support it and which point
     elsewhere.
     """
-    values = _checked_au(au)
+    values = check_au_vector(au)
     label = infer_expression(values)[0] if target_label is None else _checked_label(target_label, "target_label")
     observations, interpretation, conclusion = _compose(values, label, STYLES[0])
     steps = [f"{title}: {text}" for title, text in zip(STEP_TITLES, (observations, interpretation))]
@@ -425,7 +408,7 @@ def refine(description, au, label):
     from `description`), in the roomiest style that fits the word limit."""
     if not isinstance(description, str):
         raise ValueError(f"description must be a string, got {type(description).__name__}")
-    values = _checked_au(au)
+    values = check_au_vector(au)
     label = _checked_label(label, "label")
     for style in STYLES:
         cot = format_cot(*_compose(values, label, style))
@@ -438,7 +421,7 @@ def refine(description, au, label):
 def write_caption(au):
     """A one-sentence caption of the visible movements, strongest first, for stage-1 image-caption pairs: it names
     what the face does without naming an expression."""
-    values = _checked_au(au)
+    values = check_au_vector(au)
     statements = sorted(_statements(values, pair_sides=False), key=lambda statement: -max(statement[1]))
     if not statements:
         return "A face at rest, with no visible movement."

@@ -17,7 +17,6 @@ the letter of DESIGN (every positive AU, each degree word in its own band); the 
 """
 
 import itertools
-import math
 from dataclasses import asdict, dataclass
 
 from modeling_expllm.vocabulary import (
@@ -25,6 +24,7 @@ from modeling_expllm.vocabulary import (
     DEGREE_BANDS,
     EXPRESSION_LABELS,
     NUM_ACTION_UNITS,
+    check_au_vector,
     degree_of,
     normalize_label,
 )
@@ -172,19 +172,7 @@ def _as_lists(value):
 
 
 def _checked_inputs(au, label):
-    if isinstance(au, (str, bytes)) or not hasattr(au, "__len__"):
-        raise ValueError(f"au must be a sequence of {NUM_ACTION_UNITS} intensities, got {type(au).__name__}")
-    if len(au) != NUM_ACTION_UNITS:
-        raise ValueError(f"au must hold {NUM_ACTION_UNITS} intensities (FEAFA order), got {len(au)}")
-    intensities = []
-    for unit, value in zip(ACTION_UNITS, au):
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"au[{unit.index}] ({unit.name}) must be a number, got {value!r}") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"au[{unit.index}] ({unit.name}) must be a finite number >= 0, got {value!r}")
-        intensities.append(value)
+    intensities = check_au_vector(au)
     canonical = normalize_label(label)
     if canonical is None:
         raise ValueError(f"label {label!r} is not one of {', '.join(EXPRESSION_LABELS)} (or a synonym)")

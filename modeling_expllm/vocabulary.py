@@ -6,6 +6,7 @@ label, AU name and question is written down once. It is plain Python with no dep
 copies it into every remote-code model folder next to the processor that uses it.
 """
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -220,6 +221,27 @@ def degree_of(intensity):
     if not 0.0 <= intensity < float("inf"):
         raise ValueError(f"AU intensity must be a finite number >= 0, got {intensity!r}")
     return next(name for name, _, high, _ in DEGREE_BANDS if intensity <= high)
+
+
+def check_au_vector(au, what="au"):
+    """The 24 intensities of an AU vector in FEAFA order (any sequence of real numbers, numpy's included) as floats,
+    or a ValueError naming what is wrong: `what` is how the message calls the vector."""
+    if isinstance(au, (str, bytes)) or not hasattr(au, "__len__"):
+        raise ValueError(f"{what} must be a sequence of {NUM_ACTION_UNITS} intensities, got {type(au).__name__}")
+    if len(au) != NUM_ACTION_UNITS:
+        raise ValueError(f"{what} must hold {NUM_ACTION_UNITS} intensities (FEAFA order), got {len(au)}")
+    values = []
+    for unit, value in zip(ACTION_UNITS, au):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool):
+            raise ValueError(f"{what}[{unit.index}] ({unit.name}) must be a number, got {value!r}")
+        if not math.isfinite(number) or number < 0:
+            raise ValueError(f"{what}[{unit.index}] ({unit.name}) must be a finite number >= 0, got {value!r}")
+        values.append(number)
+    return values
 
 
 def active_action_units(au_vector):

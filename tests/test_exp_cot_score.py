@@ -174,7 +174,7 @@ def test_reference_facts_refine_the_lexicon_judge(exp_cot_score):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        ({"reference_au": [[0.0] * 23]}, r"reference_au\[0\] must be 24 AU intensities in FEAFA order, got 23 values"),
+        ({"reference_au": [[0.0] * 23]}, r"reference_au\[0\] must hold 24 intensities \(FEAFA order\), got 23"),
         ({"reference_au": [[0.0] * 23 + [-1.0]]}, r"reference_au\[0\]\[23\] \(Nose Wrinkle\)"),
         ({"reference_au": [[0.0] * 24] * 2}, "2 entries for 1 references"),
         ({"reference_labels": ["Smiling"]}, r"reference_labels\[0\] = 'Smiling'"),

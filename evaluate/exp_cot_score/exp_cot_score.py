@@ -9,8 +9,8 @@ paper did with GPT-4o.
 import datasets
 import evaluate
 
-from dataset_builders.cot_judge import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, check_au_vector, summarize
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, normalize_label
+from dataset_builders.cot_judge import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize
+from modeling_expllm.vocabulary import EXPRESSION_LABELS, check_au_vector, normalize_label
 
 _CITATION = """\
 @article{lan2025expllm,
