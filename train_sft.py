@@ -12,12 +12,14 @@ conversations mixed 0.75:0.25 (the Exp-CoT dataset's record config or its `conve
     accelerate launch --config_file configs/accelerate/zero2.yaml train_sft.py --config configs/stage2_rafdb.yaml
     accelerate launch --config_file configs/accelerate/zero2.yaml train_sft.py --config configs/stage2_affectnet.yaml
 
-A tiny model on this CPU (what `make demo` runs), stage 1 then stage 2:
+A tiny model on this CPU (what `make demo` runs after giving the tiny towers a head start, see demo.py), stage 1
+then stage 2, one torch thread per process:
 
-    python train_sft.py --config configs/tiny_cpu.yaml --stage 1 --vision_model V --text_model T \
+    OMP_NUM_THREADS=1 python train_sft.py --config configs/tiny_cpu.yaml --stage 1 --vision_model V --text_model T \
         --dataset_name out/pretrain/chat.json --image_folder out/pretrain --output_dir out/tiny-stage1
-    python train_sft.py --config configs/tiny_cpu.yaml --stage 2 --model_name_or_path out/tiny-stage1 \
-        --dataset_name out/exp-cot --dataset_config synthetic --output_dir out/tiny-stage2 --merge_lora
+    OMP_NUM_THREADS=1 python train_sft.py --config configs/tiny_cpu.yaml --stage 2 \
+        --model_name_or_path out/tiny-stage1 --dataset_name out/exp-cot --dataset_config synthetic \
+        --output_dir out/tiny-stage2 --merge_lora
 
 Any field of the three argument groups below can be set in the YAML file or on the command line.
 """
