@@ -95,25 +95,19 @@ def run_engine(output_dir, train_count, test_count):
 
 
 def build_dataset(output_dir, runs):
-    from datasets import load_dataset
-
+    """Build the publish folder and load it back; returns the folder and the synthetic config's train split."""
     from dataset_builders.build_dataset import main as build
+    from dataset_builders.local_images import load_exp_cot
 
     step("3. The Exp-CoT dataset: Parquet configs and a dataset card, loaded back with load_dataset")
     folder = os.path.join(output_dir, "exp-cot")
     shutil.rmtree(folder, ignore_errors=True)
     build(["--synthetic-run", runs["train"], "--synthetic-run", runs["test"], "--output", folder, "--no-progress"])
-    for config in ("synthetic", "conversations"):
-        dataset = load_dataset(folder, config)
+    loaded = {config: load_exp_cot(folder, config) for config in ("synthetic", "conversations")}
+    for config, dataset in loaded.items():
         print(f"load_dataset({folder!r}, {config!r}) -> " + ", ".join(f"{s}: {len(d)}" for s, d in dataset.items()))
     print(f"dataset card: {os.path.join(folder, 'README.md')}")
-    return folder
-
-
-def training_records(dataset_folder):
-    from dataset_builders.local_images import load_exp_cot
-
-    return load_exp_cot(dataset_folder, "synthetic", split="train")
+    return folder, loaded["synthetic"]["train"]
 
 
 def build_untrained_model(output_dir, records):
@@ -239,8 +233,7 @@ def main():
 
     faces, paths = render_faces(args.output_dir, args.per_class, args.seed)
     runs = run_engine(args.output_dir, args.train_faces, args.test_faces)
-    dataset_folder = build_dataset(args.output_dir, runs)
-    records = training_records(dataset_folder)
+    dataset_folder, records = build_dataset(args.output_dir, runs)
     untrained, backbones = build_untrained_model(args.output_dir, records)
     reload_in_fresh_process(untrained, faces, paths, "UNTRAINED model (random weights: its answers mean nothing yet)")
 

@@ -17,7 +17,6 @@ Usage: python bench/judge_validity.py [path/to/rafdb_emo_au_val_mini_description
 """
 
 import argparse
-import json
 import math
 import random
 import time
@@ -25,22 +24,19 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
+from dataset_builders.sources import OfficialJsonSource
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "rafdb_emo_au_val_mini_description.json"
 METRIC_PATH = REPO_ROOT / "evaluate" / "exp_cot_score"
 
 
 def load_records(path):
-    """The official records, checked for the fields the benchmark reads."""
-    with open(path, encoding="utf-8") as handle:
-        records = json.load(handle)
-    if not isinstance(records, list) or not records:
-        raise SystemExit(f"{path}: expected a non-empty JSON list of records")
-    for index, record in enumerate(records):
-        for field in ("emo", "au", "description"):
-            if field not in record:
-                raise SystemExit(f"{path}: record {index} ({record.get('file_name', '?')}) has no {field!r} field")
-    return records
+    """The official records (file_name, emo, au, description), read and checked by the dataset sources' reader."""
+    try:
+        return OfficialJsonSource(path).records(required=("au", "description"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def random_pairs(count, pairs, seed):

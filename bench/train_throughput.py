@@ -25,6 +25,8 @@ import tempfile
 import time
 
 import torch
+from datasets import Dataset
+from peft import LoraConfig
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
@@ -90,8 +92,6 @@ def peak_memory_gib(device):
 
 
 def run(name, model, processor, rows, collator, args, device, output_dir):
-    from peft import LoraConfig
-
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer = StepTimer(device)
@@ -117,8 +117,6 @@ def run(name, model, processor, rows, collator, args, device, output_dir):
         r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
         modules_to_save=["multi_modal_projector"],
     )  # fmt: skip
-    from datasets import Dataset
-
     trainer = SFTTrainer(
         model=model,
         args=training_args,

@@ -12,7 +12,6 @@ Usage: python bench/verifier_accuracy.py [path/to/rafdb_emo_au_val_mini_descript
 """
 
 import argparse
-import json
 import random
 import time
 from collections import Counter
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dataset_builders.sources import OfficialJsonSource
 from dataset_builders.verification import STRICT, read_description, verify_description
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,16 +27,11 @@ DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "
 
 
 def load_records(path):
-    """The official records, checked for the fields the benchmark reads."""
-    with open(path, encoding="utf-8") as handle:
-        records = json.load(handle)
-    if not isinstance(records, list) or not records:
-        raise SystemExit(f"{path}: expected a non-empty JSON list of records")
-    for index, record in enumerate(records):
-        for field in ("emo", "au", "description"):
-            if field not in record:
-                raise SystemExit(f"{path}: record {index} ({record.get('file_name', '?')}) has no {field!r} field")
-    return records
+    """The official records (file_name, emo, au, description), read and checked by the dataset sources' reader."""
+    try:
+        return OfficialJsonSource(path).records(required=("au", "description"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(str(error)) from None
 
 
 def derangement(count, seed):

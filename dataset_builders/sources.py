@@ -557,6 +557,19 @@ class OfficialJsonSource:
         for sample, _ in self.entries():
             yield sample
 
+    def records(self, required=()) -> list[dict]:
+        """Every entry, checked, as `{"file_name", "emo", "au", "description"}` (canonical label, AUs as a list; None
+        where absent). `required` names the optional fields every entry must have, e.g. `("au", "description")`."""
+        records = []
+        for sample, description in self.entries():
+            au = None if sample.au is None else list(sample.au)
+            record = {"file_name": sample.file_name, "emo": sample.label, "au": au, "description": description}
+            missing = [field for field in required if record[field] is None]
+            if missing:
+                raise ValueError(f"{self.json_file}: {sample.file_name} has no {' and no '.join(missing)}")
+            records.append(record)
+        return records
+
     @staticmethod
     def add_arguments(parser):
         parser.add_argument("json_file", help="the annotation file (a JSON list of file_name, emo[, au, description])")

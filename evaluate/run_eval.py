@@ -188,7 +188,7 @@ def read_labels(dataset, where):
         values = [names[value] if value is not None and value >= 0 else None for value in values]
     labels = []
     for index, value in enumerate(values):
-        label = normalize_label(value) if not isinstance(value, bool) else None
+        label = normalize_label(value)
         if label is None:
             raise ValueError(f"{where}: record {index} has label {value!r}, which is not an expression label")
         labels.append(label)

@@ -81,7 +81,7 @@ def _labels(values, count):
         raise ValueError(f"reference_labels has {len(values)} entries for {count} references")
     labels = []
     for i, value in enumerate(values):
-        label = normalize_label(value) if not isinstance(value, bool) else None
+        label = normalize_label(value)
         if label is None:
             raise ValueError(f"reference_labels[{i}] = {value!r} is not one of {EXPRESSION_LABELS} (or an id)")
         labels.append(label)

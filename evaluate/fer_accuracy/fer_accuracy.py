@@ -105,10 +105,8 @@ def read_prediction(answer, strict=False):
     with a Conclusion section, read by the CoT parser; otherwise free text naming exactly one label as its dominant
     reading ("surprised, not afraid" is Surprise; "happy or sad" is unparseable).
     """
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        return EXPRESSION_LABELS[answer] if 0 <= answer < len(EXPRESSION_LABELS) else None
     if not isinstance(answer, str):
-        return None
+        return normalize_label(answer)  # a label id; anything else (a bool included) names no label
     if strict:
         return answer.strip() if answer.strip() in EXPRESSION_LABELS else None
     label = normalize_label(answer)
@@ -122,11 +120,7 @@ def read_prediction(answer, strict=False):
 
 def read_reference(reference, position):
     """The canonical label of a reference (name, synonym or id); a clear error when there is none."""
-    label = None
-    if isinstance(reference, int) and not isinstance(reference, bool):
-        label = EXPRESSION_LABELS[reference] if 0 <= reference < len(EXPRESSION_LABELS) else None
-    elif isinstance(reference, str):
-        label = normalize_label(reference)
+    label = normalize_label(reference)
     if label is None:
         raise ValueError(
             f"references[{position}] = {reference!r} is not an expression label: expected a name from "
