@@ -83,15 +83,6 @@ def find_labels(text):
     return [(_SYNONYM_TO_LABEL[m.group(1).lower()], m.start(), m.end()) for m in _LABEL_WORD_PATTERN.finditer(text)]
 
 
-def parse_label(text):
-    """The canonical label a free-text answer gives, or None when it names no label or several different ones."""
-    label = normalize_label(text)
-    if label is not None or not isinstance(text, str):
-        return label
-    named = {label for label, _, _ in find_labels(text)}
-    return named.pop() if len(named) == 1 else None
-
-
 # -------------------------------------------------------------------------------------------------------------------
 # FEAFA action units
 
@@ -242,14 +233,6 @@ def check_au_vector(au, what="au"):
             raise ValueError(f"{what}[{unit.index}] ({unit.name}) must be a finite number >= 0, got {value!r}")
         values.append(number)
     return values
-
-
-def active_action_units(au_vector):
-    """(ActionUnit, intensity) pairs of the positive AUs of a 24-value vector, strongest first."""
-    if len(au_vector) != NUM_ACTION_UNITS:
-        raise ValueError(f"an AU vector has {NUM_ACTION_UNITS} values (FEAFA order), got {len(au_vector)}")
-    pairs = [(unit, float(value)) for unit, value in zip(ACTION_UNITS, au_vector) if float(value) > PRESENCE_THRESHOLD]
-    return sorted(pairs, key=lambda pair: -pair[1])
 
 
 # Typical AU intensities of each expression, by AU name (absent = 0). The synthetic-face sampler draws around these and
