@@ -22,7 +22,9 @@ def test_forward_with_labels_gives_a_loss_that_trains_every_part(tiny_model):
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     outputs = model(**batch, labels=labels)
     assert outputs.logits.shape[:2] == batch["input_ids"].shape
-    assert outputs.image_hidden_states.shape == (2, 16, model.config.text_config.hidden_size)
+    # LLaVA's outputs: the vision tower's output, whose pooler_output holds each image's projected patch tokens.
+    image_features = outputs.image_outputs.pooler_output
+    assert [tuple(features.shape) for features in image_features] == [(16, model.config.text_config.hidden_size)] * 2
     outputs.loss.backward()
     for part in (model.model.vision_tower, model.model.multi_modal_projector, model.model.language_model):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
@@ -41,16 +43,86 @@ def test_loss_ignores_masked_positions(tiny_model):
     torch.testing.assert_close(loss, expected)
 
 
-def test_image_token_mismatch_names_both_counts(tiny_model):
+def test_image_token_mismatch_is_an_error(tiny_model):
     model, processor = tiny_model
     batch = fer_batch(processor, ["Happiness"])
     input_ids = batch["input_ids"].clone()
     first_image_token = (input_ids[0] == model.config.image_token_id).nonzero()[0, 0]
     input_ids[0, first_image_token] = processor.tokenizer.unk_token_id
-    with pytest.raises(ValueError, match="the text has 15 image tokens but the images give 16 image features"):
+    with pytest.raises(ValueError, match="Image features and image tokens do not match, tokens: 15"):
         model(input_ids=input_ids, pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"])
-    with pytest.raises(ValueError, match="16 image tokens but no pixel_values"):
-        model(input_ids=batch["input_ids"])
+
+
+def test_image_features_are_the_normalised_patch_tokens(tiny_model):
+    """The one place ExpLLM differs from LLaVA: the projector reads DINOv2's final-LayerNorm patch tokens."""
+    model, processor = tiny_model
+    pixel_values = fer_batch(processor, ["Happiness", "Anger"])["pixel_values"]
+    with torch.no_grad():
+        features = model.get_image_features(pixel_values=pixel_values).pooler_output
+        normalised = model.model.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+        expected = model.model.multi_modal_projector(normalised)
+    torch.testing.assert_close(torch.stack(features), expected)
+    with pytest.raises(ValueError, match="final-LayerNorm patch tokens"):
+        model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-2)
+
+
+def test_assisted_generation_equals_greedy_generation(tiny_model):
+    """Assisted decoding runs the image prompt through the main model once, then verifies the assistant's guesses
+    with the cache and no pixel_values; greedy answers must not change. The assistant is a perturbed copy, so that
+    some of its guesses are rejected."""
+    import copy
+
+    model, processor = tiny_model
+    assistant = copy.deepcopy(model)
+    with torch.no_grad():
+        assistant.lm_head.weight.add_(0.5 * torch.randn_like(assistant.lm_head.weight))
+    prompt = processor.apply_chat_template(processor.cot_messages(), add_generation_prompt=True)
+    batch = processor(images=faces(1), text=[prompt], return_tensors="pt")
+    plain = model.generate(**batch, max_new_tokens=12, do_sample=False)
+    assisted = model.generate(**batch, max_new_tokens=12, do_sample=False, assistant_model=assistant)
+    assert assisted.tolist() == plain.tolist()
+
+
+def tiny_config(tie_word_embeddings):
+    from modeling_expllm.configuration_expllm import ExpLLMConfig
+
+    vision = {"model_type": "dinov2", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "mlp_ratio": 2, "image_size": 28, "patch_size": 14}  # fmt: skip
+    text = {"model_type": "llama", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "tie_word_embeddings": tie_word_embeddings}  # fmt: skip
+    return ExpLLMConfig(vision_config=vision, text_config=text, image_token_id=49)
+
+
+@pytest.mark.parametrize("tie_word_embeddings", [True, False])
+def test_language_model_tying_survives_save_and_load(tmp_path, tie_word_embeddings):
+    """A Llama-3.2-1B-style LM shares its input and output embeddings; the composite must keep that on save/load."""
+    from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = ExpLLMForConditionalGeneration(tiny_config(tie_word_embeddings)).eval()
+    embeddings = model.get_input_embeddings().weight
+    assert (model.lm_head.weight.data_ptr() == embeddings.data_ptr()) == tie_word_embeddings
+    model.save_pretrained(tmp_path)
+    reloaded = ExpLLMForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert reloaded.config.tie_word_embeddings == tie_word_embeddings
+    assert (reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()) == (
+        tie_word_embeddings
+    )
+    input_ids = torch.tensor([[1, 49, 49, 49, 49, 5, 7]])
+    pixel_values = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(input_ids=input_ids, pixel_values=pixel_values).logits,
+            model(input_ids=input_ids, pixel_values=pixel_values).logits,
+        )
+
+
+def test_tensor_parallel_plan_shards_the_head_with_the_embeddings(tiny_model):
+    model, _ = tiny_model
+    plan = model.tp_plan
+    assert plan["lm_head"] == "colwise_gather_output"
+    assert any(key.endswith("embed_tokens") for key in plan)
 
 
 def test_batched_generation_equals_unbatched(tiny_model):

@@ -4,6 +4,7 @@ process where this project is not importable."""
 import json
 import os
 
+import pytest
 import torch
 from PIL import Image
 
@@ -11,6 +12,7 @@ from conftest import run_isolated
 
 LOAD_EVERYTHING = r"""
 import json, sys
+import pytest
 import torch
 from PIL import Image
 from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor,
@@ -76,3 +78,38 @@ def test_from_backbones_builds_from_local_tower_folders(tiny_backbones):
     assert processor.tokenizer.padding_side == "left" and processor.tokenizer.pad_token is not None
     assert processor.image_processor.size.height == model.config.vision_config.image_size
     assert not any(p.is_meta for p in model.parameters())
+
+
+LEGACY_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "saved_by_0.1.0")
+
+
+def test_a_folder_saved_by_release_0_1_0_loads_with_the_current_classes():
+    """Weight names did not change when the model moved onto LLaVA's classes: a folder written by release 0.1.0
+    (on transformers 5.23, see fixtures/saved_by_0.1.0/README.md) loads with no missing or unexpected weight and
+    gives the logits and label probabilities that release recorded for the same inputs."""
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_expllm.image_processing_expllm import ExpLLMImageProcessor
+    from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
+    from modeling_expllm.processing_expllm import ExpLLMProcessor
+
+    model, info = ExpLLMForConditionalGeneration.from_pretrained(LEGACY_FOLDER, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    recorded = load_file(os.path.join(LEGACY_FOLDER, "expected_outputs.safetensors"))
+    inputs = {name: recorded[name] for name in ("input_ids", "attention_mask", "pixel_values")}
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits[:, -recorded["logits"].shape[1] :]
+        candidates = {name: recorded[name] for name in ("candidate_ids", "candidate_attention_mask")}
+        prediction = model.predict_expression(**inputs, **candidates)
+    torch.testing.assert_close(logits, recorded["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(prediction.probabilities, recorded["probabilities"], atol=1e-6, rtol=1e-5)
+
+    # That release's chat template wrote <s> before the tokenizer added its own: the current processor refuses it.
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(LEGACY_FOLDER)
+    image_processor = ExpLLMImageProcessor.from_pretrained(LEGACY_FOLDER)
+    with open(os.path.join(LEGACY_FOLDER, "chat_template.jinja"), encoding="utf-8") as file:
+        legacy_template = file.read()
+    with pytest.raises(ValueError, match="adds another one"):
+        ExpLLMProcessor(image_processor, tokenizer, chat_template=legacy_template)
+    ExpLLMProcessor(image_processor, tokenizer)  # the current template is accepted
