@@ -329,7 +329,7 @@ def sequence_lengths(dataset, processor):
     for start in tqdm(range(0, len(dataset), 256), desc="measuring lengths", unit="batch", leave=False):
         rows = dataset[start : start + 256]
         texts = [processor.apply_chat_template(messages) for messages in rows["messages"]]
-        ids = processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = processor.tokenizer(texts)["input_ids"]  # with <s>, which the tokenizer adds as in the collator
         lengths += [len(i) + (image_tokens - 1) * len(images) for i, images in zip(ids, rows["images"])]
     return lengths
 

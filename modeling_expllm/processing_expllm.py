@@ -12,6 +12,8 @@ from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PR
 # Vicuna v1 conversation layout, which the language model was tuned on: "SYSTEM USER: ... ASSISTANT: ...</s>USER: ...".
 # Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only
 # the assistant answers and their end-of-turn token sit inside {% generation %}: they are what training puts loss on.
+# The template writes no <s>: the tokenizer adds it, once, wherever text becomes ids (the processor's __call__ and
+# apply_chat_template(tokenize=True) alike), so training and inference see the same tokens.
 DEFAULT_CHAT_TEMPLATE = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
@@ -20,7 +22,6 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
-    "{{- bos_token -}}"
     "{%- if messages[0]['role'] == 'system' -%}"
     "{{- render(messages[0]['content']) + ' ' -}}{%- set turns = messages[1:] -%}"
     "{%- else -%}{{- '" + SYSTEM_PROMPT.replace("'", "\\'") + " ' -}}{%- set turns = messages -%}{%- endif -%}"
@@ -70,6 +71,21 @@ class ExpLLMProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"the tokenizer has no {image_token!r} token; add it as a special token first")
+        self.check_single_bos()
+
+    def check_single_bos(self):
+        """Raise if a rendered conversation would start with two <s>: one written by the chat template and one added
+        by the tokenizer (the templates of release 0.1.0 wrote it). The model never saw that at training."""
+        bos_id = self.tokenizer.bos_token_id
+        if bos_id is None:
+            return
+        prompt = self.apply_chat_template(self.fer_messages(), add_generation_prompt=True)
+        ids = self.tokenizer(prompt)["input_ids"]
+        if ids[:2] == [bos_id, bos_id]:
+            raise ValueError(
+                f"the chat template writes {self.tokenizer.bos_token!r} and the tokenizer adds another one; use a "
+                "template without it (the default ExpLLM template: pass chat_template=DEFAULT_CHAT_TEMPLATE)"
+            )
 
     def replace_image_token(self, image_inputs, image_idx, **kwargs):
         height, width = image_inputs["pixel_values"][image_idx].shape[-2:]

@@ -109,7 +109,7 @@ def pretrain_language_model(text_dir, conversations, steps=300, batch_size=16, l
     model.train()
     for _ in range(steps):
         batch = [texts[i] for i in torch.randint(len(texts), (batch_size,), generator=generator).tolist()]
-        encoded = tokenizer(batch, padding=True, return_tensors="pt", add_special_tokens=False)
+        encoded = tokenizer(batch, padding=True, return_tensors="pt")  # <s> added here, as in stage-2 training
         labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         loss = model(**encoded, labels=labels).loss
         loss.backward()

@@ -128,3 +128,45 @@ def test_chat_template_marks_only_answers_for_loss(tiny_model):
     answer_ids = encoded_batch["input_ids"][0][encoded_batch["assistant_masks"][0].bool()]
     eos = processor.tokenizer.eos_token
     assert processor.tokenizer.decode(answer_ids).replace(" ", "") == f"Browsarelowered.{eos}Anger{eos}"
+
+
+def test_inference_prompts_are_the_training_tokens_up_to_the_answer(tiny_model):
+    """One <s>, and the same ids at inference as at training: the label question, the CoT question and the
+    label-first CoT question (the official evaluation order) are each tokenised by the processor exactly as the
+    training collator tokenises the same conversation up to its answer."""
+    from dataset_builders.training_data import ExpLLMCollator
+
+    _, processor = tiny_model
+    face = Image.new("RGB", (50, 70), (120, 80, 60))
+    cot = "**Key Observations:** brows lowered."
+    cot_turn = [{"role": "user", "content": [{"type": "text", "text": processor.cot_question}]}]
+    cot_answer = [{"role": "assistant", "content": [{"type": "text", "text": cot}]}]
+    # (prompt, training conversation, which of its answers the prompt asks for)
+    cases = {
+        "label question": (processor.fer_messages(), processor.fer_messages("Anger"), 0),
+        "CoT question": (processor.cot_messages(), processor.cot_messages(cot, "Anger"), 0),
+        "label-first CoT": (
+            processor.fer_messages("Anger") + cot_turn,
+            processor.fer_messages("Anger") + cot_turn + cot_answer,
+            1,
+        ),
+    }
+    bos = processor.tokenizer.bos_token_id
+    for name, (prompt_messages, training_messages, answer) in cases.items():
+        prompt = processor.apply_chat_template(prompt_messages, add_generation_prompt=True)
+        inference_ids = processor(images=[face], text=[prompt], return_tensors="pt")["input_ids"][0].tolist()
+        batch = ExpLLMCollator(processor)([{"images": [face], "messages": training_messages}])
+        training_ids, supervised = batch["input_ids"][0].tolist(), (batch["labels"][0] != -100).tolist()
+        answer_starts = [i for i in range(len(supervised)) if supervised[i] and (i == 0 or not supervised[i - 1])]
+        assert inference_ids.count(bos) == 1 and inference_ids[0] == bos, name
+        assert inference_ids == training_ids[: answer_starts[answer]], name
+
+
+def test_a_template_that_writes_bos_is_refused(tiny_model):
+    """Release 0.1.0's template wrote <s> and the tokenizer added a second one; such a processor is an error."""
+    from modeling_expllm.processing_expllm import DEFAULT_CHAT_TEMPLATE, ExpLLMProcessor
+
+    _, processor = tiny_model
+    with pytest.raises(ValueError, match="adds another one"):
+        template = "{{ bos_token }}" + DEFAULT_CHAT_TEMPLATE
+        ExpLLMProcessor(processor.image_processor, processor.tokenizer, chat_template=template)
