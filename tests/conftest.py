@@ -16,6 +16,10 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="expllm-tests-datasets-")
+    # Markers that transformers' common tests (tests/test_transformers_common.py) put on theirs.
+    for marker in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test",
+                   "torch_compile_test", "order"):  # fmt: skip
+        config.addinivalue_line("markers", f"{marker}: a marker of transformers' common tests")
 
 
 @pytest.fixture(scope="session")
