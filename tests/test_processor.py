@@ -106,8 +106,10 @@ def test_processor_expands_one_image_token_per_patch(tiny_model):
     assert prompt.count("<image>") == 1 and prompt.endswith("ASSISTANT:")
     batch = processor(images=[Image.new("RGB", (30, 90))], text=[prompt], return_tensors="pt")
     assert (batch["input_ids"] == model.config.image_token_id).sum() == model.config.image_seq_length == 16
-    with pytest.raises(ValueError, match="1 <image> tokens .* 2 images|images"):
-        processor(images=[Image.new("RGB", (8, 8))] * 2, text=[prompt], return_tensors="pt")
+    # More images than image tokens: transformers' processor refuses it from 5.23 on, the model's placeholder check
+    # before; either way it is a ValueError that names the images, never a silent mismatch.
+    with pytest.raises(ValueError, match="[Ii]mage"):
+        model(**processor(images=[Image.new("RGB", (8, 8))] * 2, text=[prompt], return_tensors="pt"))
 
 
 def test_default_questions_and_conversations(tiny_model):

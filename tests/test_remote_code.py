@@ -29,6 +29,17 @@ report["processor"] = [type(processor).__name__, type(processor.image_processor)
 report["module"] = type(model).__module__
 face = Image.new("RGB", (70, 50), (180, 120, 90))
 report["probabilities"] = model.predict_expression(**processor.expression_inputs([face])).probabilities[0].tolist()
+# Batched (left-padded) generation answers each prompt as it is answered alone.
+faces = [face, Image.new("RGB", (40, 60), (60, 90, 200))]
+prompts = [processor.apply_chat_template(messages, add_generation_prompt=True)
+           for messages in (processor.fer_messages(), processor.cot_messages())]
+batch = processor(images=faces, text=prompts, padding=True, return_tensors="pt")
+batched = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+alone = []
+for image, prompt in zip(faces, prompts):
+    single = processor(images=[image], text=[prompt], return_tensors="pt")
+    alone += model.generate(**single, max_new_tokens=5, do_sample=False)[:, single["input_ids"].shape[1]:].tolist()
+report["batched_equals_alone"] = batched == alone and len(set(batch["attention_mask"].sum(-1).tolist())) == 2
 pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
 question = {"type": "text", "text": processor.fer_question}
 messages = [{"role": "user", "content": [{"type": "image", "image": face}, question]}]
@@ -57,6 +68,7 @@ def test_saved_folder_loads_with_auto_classes_and_pipeline_without_the_project(t
     assert report["processor"] == ["ExpLLMProcessor", "ExpLLMImageProcessor"]
     assert report["module"].startswith("transformers_modules.")  # the folder's copy of the code, not the project's
     assert isinstance(report["pipeline_answer"], str) and report["pipeline_answer"]
+    assert report["batched_equals_alone"]
 
     face = Image.new("RGB", (70, 50), (180, 120, 90))
     expected = model.predict_expression(**processor.expression_inputs([face])).probabilities[0]
