@@ -52,7 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 faces: $(STAMP)
-	$(PY) -m dataset_builders.synthetic_faces --contact-sheet out/faces.png
+	$(PY) -m dataset_builders.exp_cot.synthetic_faces --contact-sheet out/faces.png
 
 clean:
 	rm -rf $(VENV) out

@@ -58,7 +58,7 @@ def run(command, title):
 
 
 def render_faces(output_dir, per_class, seed):
-    from dataset_builders.synthetic_faces import contact_sheet, generate_faces, save_face
+    from dataset_builders.exp_cot.synthetic_faces import contact_sheet, generate_faces, save_face
     from modeling_expllm.vocabulary import EXPRESSION_LABELS
 
     step("1. Synthetic faces rendered from FEAFA action units")
@@ -74,7 +74,7 @@ def render_faces(output_dir, per_class, seed):
 
 def run_engine(output_dir, train_count, test_count):
     from dataset_builders.exp_cot.runner import EngineConfig, run_engine
-    from dataset_builders.sources import SyntheticSource
+    from dataset_builders.exp_cot.sources import SyntheticSource
 
     step("2. Exp-CoT Engine (offline writer) over synthetic faces")
     runs = {}
@@ -96,8 +96,8 @@ def run_engine(output_dir, train_count, test_count):
 
 def build_dataset(output_dir, runs):
     """Build the publish folder and load it back; returns the folder and the synthetic config's train split."""
-    from dataset_builders.build_dataset import main as build
-    from dataset_builders.local_images import load_exp_cot
+    from dataset_builders.exp_cot_dataset import load_exp_cot
+    from dataset_builders.exp_cot_dataset.build import main as build
 
     step("3. The Exp-CoT dataset: Parquet configs and a dataset card, loaded back with load_dataset")
     folder = os.path.join(output_dir, "exp-cot")
@@ -111,8 +111,8 @@ def build_dataset(output_dir, runs):
 
 
 def build_untrained_model(output_dir, records):
+    from expllm_testing.tiny import save_tiny_backbones
     from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
-    from modeling_expllm.tiny import save_tiny_backbones
 
     step("4. A tiny ExpLLM from configs, saved as a Hub-ready remote-code folder")
     # The tokenizer is trained on the release's vocabulary and the engine's CoTs, as a real LM's would cover them.
@@ -131,9 +131,9 @@ def build_untrained_model(output_dir, records):
 def train(output_dir, backbones, records, dataset_folder):
     import torch
 
-    from dataset_builders.synthetic_captions import write_pretrain_set
-    from modeling_expllm.tiny import pretrain_language_model, pretrain_vision_tower
+    from expllm_testing.tiny import pretrain_language_model, pretrain_vision_tower
     from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages
+    from training.synthetic_captions import write_pretrain_set
 
     step("5. Training: tiny towers' head start, then train_sft.py stage 1 (projector) and stage 2 (LoRA)")
     vision_dir, text_dir = backbones

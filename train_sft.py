@@ -33,8 +33,9 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
-from dataset_builders.local_images import load_exp_cot, with_local_images
-from dataset_builders.training_data import (
+from dataset_builders.exp_cot_dataset import load_exp_cot, with_local_images
+from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
+from training.data import (
     ExpLLMCollator,
     FaceAugmentation,
     caption_source,
@@ -45,7 +46,6 @@ from dataset_builders.training_data import (
     mix_fer_and_cot,
     training_dataset,
 )
-from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
 
 
 @dataclass

@@ -33,9 +33,9 @@ def peak_rss_mb():
 
 def write_engine_run(run, count, seed=0):
     """An engine output folder with `count` "done" records, as the engine writes them."""
-    from dataset_builders.cot_text import split_cot
-    from dataset_builders.offline_writer import refine
-    from dataset_builders.synthetic_faces import sample_au_vector
+    from dataset_builders.exp_cot.cot_text import split_cot
+    from dataset_builders.exp_cot.offline_writer import refine
+    from dataset_builders.exp_cot.synthetic_faces import sample_au_vector
     from modeling_expllm.vocabulary import COT_SECTIONS, EXPRESSION_LABELS
 
     rng = np.random.default_rng(seed)
@@ -62,8 +62,8 @@ def write_engine_run(run, count, seed=0):
 
 def measure(count, folder):
     """Build `count` records in `folder`; returns the timings and memory as a dict (run in a fresh process)."""
-    from dataset_builders.dataset_card import write_dataset_card
-    from dataset_builders.exp_cot_dataset import RecordInput, survey_inputs, write_parquet_config
+    from dataset_builders.exp_cot_dataset.card import write_dataset_card
+    from dataset_builders.exp_cot_dataset.configs import RecordInput, survey_inputs, write_parquet_config
 
     folder = Path(folder)
     write_engine_run(folder / "run", count)

@@ -1,6 +1,6 @@
 """How many Exp-CoT pairs a minute does the engine make against an API that takes a fixed time per request?
 
-Starts the local OpenAI-compatible server (`dataset_builders/llm_server.py`, answering with the offline writer) in a
+Starts the local OpenAI-compatible server (`expllm_testing/llm_server.py`, answering with the offline writer) in a
 process of its own, as an API would be, with a fixed latency per request, and runs the engine's openai backend over
 real HTTP on synthetic faces:
 
@@ -21,17 +21,17 @@ import urllib.request
 from pathlib import Path
 
 from dataset_builders.exp_cot.runner import EngineConfig, run_engine
-from dataset_builders.llm_server import STATS_PATH
-from dataset_builders.sources import SyntheticSource
+from dataset_builders.exp_cot.sources import SyntheticSource
+from expllm_testing.llm_server import STATS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerProcess:
-    """`python -m dataset_builders.llm_server` on a free port, in its own process (its CPU is not the engine's)."""
+    """`python -m expllm_testing.llm_server` on a free port, in its own process (its CPU is not the engine's)."""
 
     def __init__(self, latency):
-        command = [sys.executable, "-m", "dataset_builders.llm_server", "--port", "0", "--latency", str(latency)]
+        command = [sys.executable, "-m", "expllm_testing.llm_server", "--port", "0", "--latency", str(latency)]
         self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         first_line = self.process.stdout.readline()  # "serving http://127.0.0.1:<port>/v1 (Ctrl-C to stop)"
         if not first_line.startswith("serving "):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from scipy.stats import spearmanr
 
-from dataset_builders.sources import OfficialJsonSource
+from dataset_builders.exp_cot.sources import OfficialJsonSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "rafdb_emo_au_val_mini_description.json"

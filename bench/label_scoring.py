@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from dataset_builders.synthetic_faces import generate_faces
+from dataset_builders.exp_cot.synthetic_faces import generate_faces
+from expllm_testing.tiny import save_tiny_backbones
 from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
-from modeling_expllm.tiny import save_tiny_backbones
 from modeling_expllm.vocabulary import EXPRESSION_LABELS
 
 

@@ -31,13 +31,13 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from dataset_builders.offline_writer import refine, write_description
-from dataset_builders.synthetic_faces import generate_faces
-from dataset_builders.training_data import ExpLLMCollator
+from dataset_builders.exp_cot.offline_writer import refine, write_description
+from dataset_builders.exp_cot.synthetic_faces import generate_faces
+from expllm_testing.tiny import save_tiny_backbones
 from modeling_expllm.configuration_expllm import ExpLLMConfig
 from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
-from modeling_expllm.tiny import save_tiny_backbones
 from modeling_expllm.vocabulary import cot_messages, fer_messages
+from training.data import ExpLLMCollator
 
 
 def build_model(size, folder, device, dtype):

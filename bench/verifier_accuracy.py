@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataset_builders.sources import OfficialJsonSource
-from dataset_builders.verification import STRICT, read_description, verify_description
+from dataset_builders.exp_cot.sources import OfficialJsonSource
+from dataset_builders.exp_cot.verification import STRICT, read_description, verify_description
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "rafdb_emo_au_val_mini_description.json"

@@ -136,7 +136,7 @@ def load_records(args):
     """The dataset split, its labels as canonical names, and the reference CoT texts (None without a `cot` column)."""
     import datasets
 
-    from dataset_builders.local_images import load_exp_cot
+    from dataset_builders.exp_cot_dataset import load_exp_cot
     from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
 
     dataset = load_exp_cot(args.dataset, args.config, split=args.split, revision=args.dataset_revision)
@@ -198,7 +198,7 @@ def read_labels(dataset, where):
 def reference_text(value, where, index):
     """A record's reference CoT as one text: the `text` of a `cot` struct (or its three parts formatted), or a
     string. Empty when the record has none."""
-    from dataset_builders.cot_text import format_cot
+    from dataset_builders.exp_cot.cot_text import format_cot
 
     if value is None:
         return ""

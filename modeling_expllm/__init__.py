@@ -4,3 +4,17 @@
 `AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)` works where this package is
 not installed.
 """
+
+from .configuration_expllm import ExpLLMConfig
+from .image_processing_expllm import ExpLLMImageProcessor
+from .modeling_expllm import ExpLLMForConditionalGeneration, ExpLLMModel, ExpLLMPreTrainedModel
+from .processing_expllm import ExpLLMProcessor
+
+__all__ = [
+    "ExpLLMConfig",
+    "ExpLLMForConditionalGeneration",
+    "ExpLLMImageProcessor",
+    "ExpLLMModel",
+    "ExpLLMPreTrainedModel",
+    "ExpLLMProcessor",
+]

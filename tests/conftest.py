@@ -24,7 +24,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_backbones(tmp_path_factory):
-    from modeling_expllm.tiny import save_tiny_backbones
+    from expllm_testing.tiny import save_tiny_backbones
 
     return save_tiny_backbones(str(tmp_path_factory.mktemp("tiny_backbones")))
 

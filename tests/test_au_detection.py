@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from PIL.PngImagePlugin import PngInfo
 from skimage import data as skimage_data
 
-from dataset_builders.au_detection import (
+from dataset_builders.exp_cot.au_detection import (
     AU_FROM_BLENDSHAPES,
     MAX_SIDE,
     MODEL_ENV_VAR,

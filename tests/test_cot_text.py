@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from dataset_builders.cot_text import (
+from dataset_builders.exp_cot.cot_text import (
     conclusion_label,
     find_au_mentions,
     find_emotions,

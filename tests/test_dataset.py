@@ -18,7 +18,22 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 from conftest import OFFICIAL_DIR
-from dataset_builders.build_dataset import (
+from dataset_builders.exp_cot.__main__ import build_parser as engine_parser
+from dataset_builders.exp_cot.cot_text import format_cot
+from dataset_builders.exp_cot.pipeline import EngineSettings
+from dataset_builders.exp_cot.records import read_jsonl
+from dataset_builders.exp_cot.runner import EngineConfig, run_engine
+from dataset_builders.exp_cot.sources import (
+    RAFDB_CODES,
+    AffectNetSource,
+    OfficialJsonSource,
+    PartialDatasetWarning,
+    RafdbSource,
+    SyntheticSource,
+)
+from dataset_builders.exp_cot.synthetic_faces import sample_face, save_face
+from dataset_builders.exp_cot_dataset import with_local_images
+from dataset_builders.exp_cot_dataset.build import (
     MANIFEST,
     RedistributionError,
     build_publish_folder,
@@ -28,12 +43,7 @@ from dataset_builders.build_dataset import (
     main,
     push_folder,
 )
-from dataset_builders.cot_text import format_cot
-from dataset_builders.exp_cot.__main__ import build_parser as engine_parser
-from dataset_builders.exp_cot.pipeline import EngineSettings
-from dataset_builders.exp_cot.records import read_jsonl
-from dataset_builders.exp_cot.runner import EngineConfig, run_engine
-from dataset_builders.exp_cot_dataset import (
+from dataset_builders.exp_cot_dataset.configs import (
     CONVERSATION_FEATURES,
     RECORD_FEATURES,
     ImageFilesError,
@@ -42,16 +52,6 @@ from dataset_builders.exp_cot_dataset import (
     uniform_parts,
     write_parquet_config,
 )
-from dataset_builders.local_images import with_local_images
-from dataset_builders.sources import (
-    RAFDB_CODES,
-    AffectNetSource,
-    OfficialJsonSource,
-    PartialDatasetWarning,
-    RafdbSource,
-    SyntheticSource,
-)
-from dataset_builders.synthetic_faces import sample_face, save_face
 from modeling_expllm.vocabulary import (
     AU_NAMES,
     EXPRESSION_LABELS,
@@ -495,7 +495,7 @@ def test_conversations_are_the_vocabulary_conversations_and_stream(local_build):
 
 
 def test_the_trainer_reads_the_conversations_config(local_build):
-    from dataset_builders.training_data import expression_source, mix_fer_and_cot
+    from training.data import expression_source, mix_fer_and_cot
 
     source, entries = expression_source(load_dataset(str(local_build), "conversations", split="train"))
     listing = mix_fer_and_cot(entries, cot_ratio=0.25)

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dataset_builders import llm_server
-from dataset_builders.au_detection import OracleAUDetector
-from dataset_builders.cot_text import split_cot
 from dataset_builders.exp_cot.__main__ import main as engine_main
+from dataset_builders.exp_cot.au_detection import OracleAUDetector
 from dataset_builders.exp_cot.cache import ResponseCache, request_key
+from dataset_builders.exp_cot.cot_text import split_cot
 from dataset_builders.exp_cot.pipeline import EngineSettings, cot_problems, looks_like_refusal
 from dataset_builders.exp_cot.prompting import PromptSet, format_au_list, parse_au_list
 from dataset_builders.exp_cot.records import read_jsonl
 from dataset_builders.exp_cot.runner import EngineConfig, run_engine
-from dataset_builders.sources import FolderSource, Sample, SyntheticSource
-from dataset_builders.verification import verify_description
+from dataset_builders.exp_cot.sources import FolderSource, Sample, SyntheticSource
+from dataset_builders.exp_cot.verification import verify_description
+from expllm_testing import llm_server
 from modeling_expllm.vocabulary import COT_MAX_WORDS, COT_SECTIONS, EXPRESSION_LABELS, prototype_vector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -267,7 +267,7 @@ def test_bad_images_are_skipped_with_their_reasons(tmp_path):
     pytest.importorskip("mediapipe")
     from skimage.data import astronaut
 
-    from dataset_builders.synthetic_faces import sample_face, save_face
+    from dataset_builders.exp_cot.synthetic_faces import sample_face, save_face
 
     root = tmp_path / "images"
     root.mkdir()
@@ -426,7 +426,7 @@ def test_command_line_runs_and_reports_bad_input_clearly(tmp_path, capsys):
 def test_synthetic_source_renders_at_the_asked_size_and_the_oracle_reads_its_aus(tmp_path):
     from PIL import Image
 
-    from dataset_builders.synthetic_faces import generate_faces, oracle_action_units
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces, oracle_action_units
 
     samples = list(SyntheticSource(2, tmp_path / "faces", seed=4, size=96).samples())
     for sample, face in zip(samples, generate_faces(2, seed=4, size=96)):

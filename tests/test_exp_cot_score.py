@@ -10,9 +10,9 @@ import sys
 import pytest
 
 from conftest import OFFICIAL_DIR, REPO_ROOT
-from dataset_builders import llm_server
-from dataset_builders.cot_judge import JudgePrompts, parse_judgement
-from dataset_builders.cot_text import format_cot
+from dataset_builders.exp_cot.cot_text import format_cot
+from dataset_builders.exp_cot.judges import JudgePrompts, parse_judgement
+from expllm_testing import llm_server
 from modeling_expllm.vocabulary import COT_SECTIONS
 
 METRIC_DIR = os.path.join(REPO_ROOT, "evaluate", "exp_cot_score")
@@ -62,8 +62,8 @@ def test_kwargs_description_examples_run(exp_cot_score, monkeypatch):
 
 
 def test_a_cot_scored_against_itself_gets_full_marks(exp_cot_score):
-    from dataset_builders.offline_writer import refine, write_description
-    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.exp_cot.offline_writer import refine, write_description
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
 
     faces = list(generate_faces(16, seed=7))
     cots = [refine(write_description(face.au), face.au, face.label) for face in faces] + [ANGER]
@@ -345,7 +345,7 @@ def test_judgement_parsing_is_strict(reply, problem):
 @pytest.mark.skipif(not os.path.exists(OFFICIAL_FILE), reason="the official annotation files are not here")
 def test_lexicon_judge_validity_on_official_descriptions():
     """The benchmark's figures on a subsample: self-score 1.0, K follows the AU vectors' similarity."""
-    from dataset_builders.cot_judge import LexiconJudge
+    from dataset_builders.exp_cot.judges import LexiconJudge
 
     spec = importlib.util.spec_from_file_location(
         "judge_validity", os.path.join(REPO_ROOT, "bench", "judge_validity.py")
@@ -370,7 +370,7 @@ def test_openai_judge_works_from_inside_a_running_event_loop(tmp_path):
     """As in a notebook, where an event loop is already running when the metric is computed."""
     import asyncio
 
-    from dataset_builders.cot_judge import OpenAIJudge
+    from dataset_builders.exp_cot.judges import OpenAIJudge
 
     with llm_server.LocalLLMServer(responder=lambda request: judgement(2, 3, 5)) as server:
         judge = OpenAIJudge(api_key="k", base_url=server.base_url, cache_file=str(tmp_path / "judge.sqlite"))

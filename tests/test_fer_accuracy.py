@@ -70,8 +70,8 @@ def test_synonyms_and_inflections_map_to_the_canonical_labels(fer_accuracy):
 
 
 def test_free_text_and_whole_cots_are_read_by_their_conclusion(fer_accuracy):
-    from dataset_builders.offline_writer import refine, write_description
-    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.exp_cot.offline_writer import refine, write_description
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
 
     faces = list(generate_faces(8, seed=3))
     cots = [refine(write_description(face.au), face.au, face.label) for face in faces]

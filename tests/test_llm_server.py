@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from dataset_builders import llm_server
 from dataset_builders.exp_cot.backends import (
     BackendConfigError,
     Facts,
@@ -17,6 +16,7 @@ from dataset_builders.exp_cot.backends import (
 )
 from dataset_builders.exp_cot.cache import ResponseCache, request_key
 from dataset_builders.exp_cot.prompting import PromptSet, face_values
+from expllm_testing import llm_server
 from modeling_expllm.vocabulary import prototype_vector
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Which label?"}]
@@ -173,7 +173,7 @@ def test_unknown_routes_and_bad_bodies_get_http_errors(server):
 
 
 def test_the_default_responder_plays_au2des_from_the_prompt_alone():
-    from dataset_builders.offline_writer import write_description
+    from dataset_builders.exp_cot.offline_writer import write_description
 
     prompts = PromptSet.load()
     au = prototype_vector("Surprise")

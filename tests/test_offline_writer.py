@@ -5,15 +5,15 @@ import re
 
 import pytest
 
-from dataset_builders.cot_text import split_cot
-from dataset_builders.offline_writer import (
+from dataset_builders.exp_cot.cot_text import split_cot
+from dataset_builders.exp_cot.offline_writer import (
     AU_SUGGESTS,
     classify_description,
     infer_expression,
     refine,
     write_description,
 )
-from dataset_builders.verification import STRICT, verify_description
+from dataset_builders.exp_cot.verification import STRICT, verify_description
 from modeling_expllm.vocabulary import (
     AU_INDEX,
     COT_MAX_WORDS,

@@ -31,9 +31,9 @@ def write_dataset(
     records in `empty_cot` have no CoT; `images=False` leaves every image out, as an annotations-only copy does."""
     import datasets
 
-    from dataset_builders.cot_text import split_cot
-    from dataset_builders.offline_writer import refine, write_description
-    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.exp_cot.cot_text import split_cot
+    from dataset_builders.exp_cot.offline_writer import refine, write_description
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
 
     faces = list(generate_faces(count, seed=11, size=64))
     cots = [
@@ -184,7 +184,7 @@ def test_probabilities_seven_labels_and_label_first_cots(model_folder, dataset_f
 
 
 def test_generated_answers_cot_first_with_string_columns_and_the_openai_judge(model_folder, tmp_path, monkeypatch):
-    from dataset_builders.llm_server import LocalLLMServer
+    from expllm_testing.llm_server import LocalLLMServer
 
     folder = str(tmp_path / "words")
     faces = write_dataset(folder, 8, config="words", label_column="words", cot_column="text")

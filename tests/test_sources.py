@@ -5,8 +5,8 @@ import os
 import pytest
 from PIL import Image
 
-from dataset_builders.au_detection import OracleAUDetector
-from dataset_builders.sources import (
+from dataset_builders.exp_cot.au_detection import OracleAUDetector
+from dataset_builders.exp_cot.sources import (
     SOURCES,
     FolderSource,
     Sample,
@@ -110,7 +110,7 @@ def test_checked_au_refuses_wrong_lengths_and_values():
 
 
 def test_synthetic_source_renders_faces_whose_oracle_aus_are_exact(tmp_path):
-    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
 
     source = SyntheticSource(10, tmp_path / "faces", seed=3)
     samples = list(source.samples())

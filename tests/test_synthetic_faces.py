@@ -1,4 +1,4 @@
-"""Tests of the synthetic face renderer, sampler and oracle AU metadata (dataset_builders/synthetic_faces.py)."""
+"""Tests of the synthetic face renderer, sampler and oracle AU metadata (dataset_builders.exp_cot.synthetic_faces)."""
 
 import dataclasses
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builders.synthetic_faces import (
+from dataset_builders.exp_cot.synthetic_faces import (
     FaceAppearance,
     check_au_vector,
     generate_faces,
@@ -313,7 +313,7 @@ def test_broken_metadata_is_an_error_not_a_guess():
 
 def test_cli_writes_a_contact_sheet(tmp_path):
     out = tmp_path / "sheet" / "faces.png"
-    command = [sys.executable, "-m", "dataset_builders.synthetic_faces", "--contact-sheet", str(out)]
+    command = [sys.executable, "-m", "dataset_builders.exp_cot.synthetic_faces", "--contact-sheet", str(out)]
     command += ["--per-class", "2", "--seed", "3", "--cell", "64"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -30,8 +30,8 @@ def run_train(*args, launcher=None, expect_failure=False, timeout=600):
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny towers, a stage-1 caption set (LLaVA layout) and a stage-2 record dataset of synthetic faces."""
-    from dataset_builders.synthetic_captions import write_pretrain_set
-    from modeling_expllm.tiny import save_tiny_backbones
+    from expllm_testing.tiny import save_tiny_backbones
+    from training.synthetic_captions import write_pretrain_set
 
     root = tmp_path_factory.mktemp("training")
     vision, text = save_tiny_backbones(str(root / "backbones"), image_size=56)
@@ -44,9 +44,9 @@ def write_record_dataset(folder, count, seed, corrupt=False):
     """A record-config dataset (image, label, au, cot) in Parquet, as the dataset builder publishes it."""
     from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
 
-    from dataset_builders.cot_text import split_cot
-    from dataset_builders.offline_writer import refine, write_description
-    from dataset_builders.synthetic_faces import generate_faces
+    from dataset_builders.exp_cot.cot_text import split_cot
+    from dataset_builders.exp_cot.offline_writer import refine, write_description
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
     from modeling_expllm.vocabulary import EXPRESSION_LABELS
 
     rows = {"id": [], "image": [], "label": [], "au": [], "cot": []}
@@ -193,7 +193,7 @@ def test_collator_puts_loss_on_the_answers_only(workspace, stage1):
     from datasets import load_dataset
     from transformers import AutoProcessor
 
-    from dataset_builders.training_data import ExpLLMCollator, expression_source, training_dataset
+    from training.data import ExpLLMCollator, expression_source, training_dataset
 
     processor = AutoProcessor.from_pretrained(stage1, trust_remote_code=True)
     records = load_dataset(workspace["dataset"], split="train")

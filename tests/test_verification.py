@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from dataset_builders.verification import STRICT, read_description, verify_description
+from dataset_builders.exp_cot.verification import STRICT, read_description, verify_description
 from modeling_expllm.vocabulary import AU_INDEX, NUM_ACTION_UNITS
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

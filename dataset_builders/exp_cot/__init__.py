@@ -2,7 +2,7 @@
 
 Modules, in the order a sample meets them:
 
-    prompting.py  the versioned prompt templates (files under dataset_builders/prompts/) and the price table
+    prompting.py  the versioned prompt templates (files under dataset_builders/exp_cot/prompts/) and the price table
     backends.py   who plays the LLM: the offline writer (default) or an OpenAI-compatible API, cached and retried
     cache.py      the response cache on disk (SQLite)
     pipeline.py   one sample: AU2Des -> Des2Exp -> verification -> reflection -> refinement -> record

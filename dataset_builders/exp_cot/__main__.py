@@ -12,12 +12,12 @@ import argparse
 import os
 import sys
 
-from ..au_detection import DETECTORS
-from ..sources import SOURCES
+from .au_detection import DETECTORS
 from .backends import BACKENDS, DEFAULT_OPENAI_MODEL, BackendConfigError
 from .pipeline import EngineSettings
 from .prompting import DEFAULT_PROMPT_VERSION
 from .runner import EngineConfig, run_engine
+from .sources import SOURCES
 
 
 def build_parser():

@@ -107,8 +107,8 @@ class OfflineWriterBackend:
         self.stats = BackendStats()
 
     async def complete(self, request):
-        from dataset_builders.offline_writer import classify_description, refine, write_description
-        from dataset_builders.verification import verify_description
+        from dataset_builders.exp_cot.offline_writer import classify_description, refine, write_description
+        from dataset_builders.exp_cot.verification import verify_description
 
         facts = request.facts
         self.stats.calls += 1

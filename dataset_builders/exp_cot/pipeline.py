@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from modeling_expllm.vocabulary import COT_MAX_WORDS, COT_SECTIONS, normalize_label
 
-from ..cot_text import split_cot
-from ..verification import verify_description
 from .backends import Facts, LLMCallFailed, LLMRequest
+from .cot_text import split_cot
 from .prompting import face_values, refine_values
+from .verification import verify_description
 
 
 @dataclass(frozen=True)

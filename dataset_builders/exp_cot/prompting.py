@@ -1,6 +1,6 @@
 """The prompts of the Exp-CoT Engine's LLM processes: versioned template files, rendered with the face's facts.
 
-The templates live in `dataset_builders/prompts/<version>/` as plain text with `$name` placeholders
+The templates live in `dataset_builders/exp_cot/prompts/<version>/` as plain text with `$name` placeholders
 (`string.Template`). One file per message the engine sends:
 
     system.txt          the system message of every conversation
@@ -118,7 +118,7 @@ class PromptSet:
 
     @classmethod
     def load(cls, name=DEFAULT_PROMPT_VERSION):
-        folder = resources.files("dataset_builders") / "prompts" / name
+        folder = resources.files("dataset_builders.exp_cot") / "prompts" / name
         if not folder.is_dir():
             raise FileNotFoundError(f"no prompt version {name!r}: {folder} is not a folder")
         templates = {}
@@ -176,7 +176,7 @@ def _template_regex(template):
 
 def load_prices():
     """{model id: (input $ per 1M tokens, output $ per 1M tokens)} from prompts/prices.txt."""
-    file = resources.files("dataset_builders") / "prompts" / PRICES_FILE
+    file = resources.files("dataset_builders.exp_cot") / "prompts" / PRICES_FILE
     prices = {}
     for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()

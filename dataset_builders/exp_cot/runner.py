@@ -24,13 +24,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..au_detection import DETECTORS, AUResult, extract_folder
-from ..sources import unique_samples
+from .au_detection import DETECTORS, AUResult, extract_folder
 from .backends import BACKENDS, DEFAULT_OPENAI_MODEL, OFFLINE_MODEL, OfflineWriterBackend, OpenAIBackend
 from .cache import ResponseCache
 from .pipeline import EngineSettings, make_pair
 from .prompting import DEFAULT_PROMPT_VERSION, PromptSet
 from .records import JsonlFile, format_summary, read_jsonl, rewrite_jsonl, summarize, write_json
+from .sources import unique_samples
 
 # Settings that shape the records: a resumed run with other values would mix two kinds of records in one file.
 RUN_KEYS = ("backend", "model", "prompt_version", "au_model", "temperature", "seed", "max_tokens")

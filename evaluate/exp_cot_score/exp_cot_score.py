@@ -1,15 +1,15 @@
 """Exp-CoT Score: how well generated three-part CoTs agree with reference CoTs, part by part.
 
 Key Observations (0..5), Overall Emotional Interpretation (0..5) and Conclusion (0 or 5) are graded for each pair, and
-Exp-CoT Score = (K + O + C) / 15, as in the ExpLLM paper. The judges live in `dataset_builders.cot_judge`: the default
-lexicon judge is deterministic and needs no API; `judge="openai"` asks an LLM (any OpenAI-compatible endpoint), as the
-paper did with GPT-4o.
+Exp-CoT Score = (K + O + C) / 15, as in the ExpLLM paper. The judges live in `dataset_builders.exp_cot.judges`: the
+default lexicon judge is deterministic and needs no API; `judge="openai"` asks an LLM (any OpenAI-compatible
+endpoint), as the paper did with GPT-4o.
 """
 
 import datasets
 import evaluate
 
-from dataset_builders.cot_judge import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize
+from dataset_builders.exp_cot.judges import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, check_au_vector, normalize_label
 
 _CITATION = """\

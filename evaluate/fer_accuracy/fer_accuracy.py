@@ -9,7 +9,7 @@ wrong and is reported. `strict=True` instead reproduces the official scorer, whi
 import datasets
 import evaluate
 
-from dataset_builders.cot_text import conclusion_label, find_emotions, split_cot
+from dataset_builders.exp_cot.cot_text import conclusion_label, find_emotions, split_cot
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS, normalize_label
 
 _CITATION = """\

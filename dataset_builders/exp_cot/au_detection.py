@@ -10,7 +10,7 @@ A face that cannot be found or a file that cannot be read is an outcome of that 
 exception, so one bad file does not stop a folder of fifty thousand. `extract_folder` runs either detector over many
 files in worker processes; the command line writes one JSON line per image and resumes an interrupted run:
 
-    python -m dataset_builders.au_detection images/ --workers 2 --output aus.jsonl
+    python -m dataset_builders.exp_cot.au_detection images/ --workers 2 --output aus.jsonl
 """
 
 import argparse

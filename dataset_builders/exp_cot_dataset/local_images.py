@@ -15,7 +15,7 @@ import os
 
 import datasets
 
-from .sources import image_root
+from ..exp_cot.sources import image_root
 
 
 def load_exp_cot(path, config=None, *, split=None, revision=None, **kwargs):

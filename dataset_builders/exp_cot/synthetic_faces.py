@@ -10,7 +10,7 @@ few unrelated small activations, and renders the face. The generating AUs ride a
 (`image.info["expllm_au"]`, a PNG text chunk once saved), so an oracle AU detector can read the exact ground truth
 back.
 
-    python -m dataset_builders.synthetic_faces --contact-sheet out/faces.png [--per-class 6] [--seed 0]
+    python -m dataset_builders.exp_cot.synthetic_faces --contact-sheet out/faces.png [--per-class 6] [--seed 0]
 """
 
 import argparse

@@ -8,7 +8,7 @@ import os
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import Dinov2Config, Dinov2Model, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from . import vocabulary
+from modeling_expllm import vocabulary
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
@@ -94,7 +94,7 @@ def pretrain_language_model(text_dir, conversations, steps=300, batch_size=16, l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .processing_expllm import DEFAULT_CHAT_TEMPLATE
+    from modeling_expllm.processing_expllm import DEFAULT_CHAT_TEMPLATE
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(text_dir)
@@ -127,7 +127,7 @@ def pretrain_vision_tower(vision_dir, images, action_units, steps=1500, batch_si
     import torch
     from transformers import Dinov2Model
 
-    from .image_processing_expllm import ExpLLMImageProcessor
+    from modeling_expllm.image_processing_expllm import ExpLLMImageProcessor
 
     torch.manual_seed(seed)
     model = Dinov2Model.from_pretrained(vision_dir)

@@ -49,8 +49,8 @@ from modeling_expllm.vocabulary import (
     fer_messages,
 )
 
-from .cot_text import split_cot
-from .sources import (
+from ..exp_cot.cot_text import split_cot
+from ..exp_cot.sources import (
     SPLITS,
     AffectNetSource,
     OfficialJsonSource,

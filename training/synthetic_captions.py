@@ -1,7 +1,7 @@
 """Stage-1 image-caption pairs from synthetic faces, in LLaVA's pretrain layout (`chat.json` + images), so that the
 projector-only stage trains offline exactly as it would on LLaVA-CC3M-Pretrain-595K:
 
-    python -m dataset_builders.synthetic_captions --output out/pretrain --count 2000 [--seed 1]
+    python -m training.synthetic_captions --output out/pretrain --count 2000 [--seed 1]
 
 Captions say which movements the face makes (from its AUs, by the offline writer), never which expression it shows:
 stage 1 aligns image features with words, stage 2 teaches expressions.
@@ -13,9 +13,9 @@ import os
 
 from tqdm.auto import tqdm
 
-from dataset_builders.offline_writer import write_caption
-from dataset_builders.synthetic_faces import generate_faces, save_face
-from dataset_builders.training_data import CAPTION_QUESTION
+from dataset_builders.exp_cot.offline_writer import write_caption
+from dataset_builders.exp_cot.synthetic_faces import generate_faces, save_face
+from training.data import CAPTION_QUESTION
 
 
 def write_pretrain_set(output, count, seed=1, size=224):

@@ -134,7 +134,7 @@ class SyntheticSource:
         self.size = size
 
     def samples(self) -> Iterator[Sample]:
-        from dataset_builders.synthetic_faces import generate_faces, save_face
+        from dataset_builders.exp_cot.synthetic_faces import generate_faces, save_face
 
         self.root.mkdir(parents=True, exist_ok=True)
         for face in generate_faces(self.count, seed=self.seed, start=self.start, size=self.size):

@@ -7,7 +7,7 @@ For tests and benchmarks it can add a fixed latency to every request and inject 
 with Retry-After, a 5xx, a reply slower than the client's time-out, a body that is not JSON, a scripted answer. It
 counts the requests it gets and keeps their bodies; `GET /local/stats` tells the count to another process.
 
-    python -m dataset_builders.llm_server --port 8000 --latency 0.2
+    python -m expllm_testing.llm_server --port 8000 --latency 0.2
     OPENAI_BASE_URL=http://127.0.0.1:8000/v1 OPENAI_API_KEY=local \
         python -m dataset_builders.exp_cot synthetic --backend openai ...
 
@@ -96,8 +96,8 @@ class OfflineWriterResponder:
         self.prompts = prompts if prompts is not None else PromptSet.load()
 
     def __call__(self, request):
-        from dataset_builders.offline_writer import classify_description, refine, write_description
-        from dataset_builders.verification import verify_description
+        from dataset_builders.exp_cot.offline_writer import classify_description, refine, write_description
+        from dataset_builders.exp_cot.verification import verify_description
 
         turns = [self._read(message) for message in request["messages"]]
         process, values = turns[-1].process, turns[-1].values

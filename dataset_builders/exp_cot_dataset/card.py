@@ -23,7 +23,8 @@ from matplotlib.ticker import MaxNLocator
 
 from modeling_expllm.vocabulary import AU_NAMES, COT_SECTIONS, EXPRESSION_LABELS
 
-from .exp_cot_dataset import (
+from ..exp_cot.sources import SPLITS
+from .configs import (
     CITATIONS,
     CONVERSATION_FEATURES,
     LICENSED_DATASETS,
@@ -31,7 +32,6 @@ from .exp_cot_dataset import (
     RECORD_FEATURES,
     iter_engine_records,
 )
-from .sources import SPLITS
 
 TEMPLATE = Path(__file__).parent / "templates" / "exp_cot_card.md"
 CHART = "label_distribution.png"

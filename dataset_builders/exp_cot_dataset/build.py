@@ -1,13 +1,13 @@
 """Build the Exp-CoT publish folder, and push it to the Hub when asked.
 
     # the project's synthetic faces, after `python -m dataset_builders.exp_cot synthetic --output out/exp_cot`
-    python -m dataset_builders.build_dataset --synthetic-run out/exp_cot --output out/exp-cot
+    python -m dataset_builders.exp_cot_dataset --synthetic-run out/exp_cot --output out/exp-cot
 
     # the paper's corpus from the official annotation files, annotations only (what may be published)
-    python -m dataset_builders.build_dataset --official anno_json/ --full --output out/exp-cot
+    python -m dataset_builders.exp_cot_dataset --official anno_json/ --full --output out/exp-cot
 
     # the same with your licensed copies' images embedded (a private or gated repository only)
-    python -m dataset_builders.build_dataset --official anno_json/ --rafdb /data/RAF-DB --affectnet /data/AffectNet \
+    python -m dataset_builders.exp_cot_dataset --official anno_json/ --rafdb /data/RAF-DB --affectnet /data/AffectNet \
         --embed-images --output out/exp-cot-private --push-to-hub me/exp-cot-private --private --push
 
 The folder is exactly what gets uploaded, and `load_dataset(<folder>, "<config>")` loads it as users will load the
@@ -34,8 +34,9 @@ from pathlib import Path
 
 from datasets.exceptions import DatasetGenerationError
 
-from .dataset_card import CHART, CONFIG_ORDER, folder_statistics, write_dataset_card
-from .exp_cot_dataset import (
+from ..exp_cot.sources import EXPECTED_COUNTS
+from .card import CHART, CONFIG_ORDER, folder_statistics, write_dataset_card
+from .configs import (
     LICENSED_DATASETS,
     RECORD_DATASETS,
     ImageFilesError,
@@ -43,7 +44,6 @@ from .exp_cot_dataset import (
     survey_inputs,
     write_parquet_config,
 )
-from .sources import EXPECTED_COUNTS
 
 MANIFEST = "exp_cot_build.json"
 PROBLEMS_FILE = "image_problems.txt"  # written next to the folder's files when images are missing; never uploaded
@@ -294,7 +294,7 @@ def push_folder(folder, repo_id, *, private=False, gated=False, revision=None, p
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m dataset_builders.build_dataset",
+        prog="python -m dataset_builders.exp_cot_dataset",
         description="Build the Exp-CoT Parquet configs and dataset card into a folder; optionally push it to the Hub.",
     )
     parser.add_argument("--output", default="out/exp-cot", help="publish folder (default out/exp-cot)")

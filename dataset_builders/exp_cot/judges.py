@@ -31,7 +31,6 @@ from importlib import resources
 
 from tqdm.auto import tqdm
 
-from dataset_builders.cot_text import conclusion_label, find_au_mentions, find_emotions, split_cot
 from dataset_builders.exp_cot.backends import (
     DEFAULT_OPENAI_MODEL,
     BackendConfigError,
@@ -41,6 +40,7 @@ from dataset_builders.exp_cot.backends import (
     OpenAIBackend,
 )
 from dataset_builders.exp_cot.cache import ResponseCache
+from dataset_builders.exp_cot.cot_text import conclusion_label, find_au_mentions, find_emotions, split_cot
 from modeling_expllm.vocabulary import (
     ACTION_UNITS,
     COT_SECTIONS,
@@ -327,7 +327,7 @@ class JudgePrompts:
 
     @classmethod
     def load(cls, version=DEFAULT_PROMPT_VERSION):
-        folder = resources.files("dataset_builders") / "prompts" / version
+        folder = resources.files("dataset_builders.exp_cot") / "prompts" / version
         texts = {}
         for name in JUDGE_FILES:
             path = folder / f"{name}.txt"
