@@ -244,15 +244,15 @@ def main():
     # The official protocol asks for the label first, then the CoT; training shows the CoT first (DESIGN section 6).
     # A large LM bridges the two orders; the tiny one often answers the late CoT question with a label, so the trained
     # model is also scored in the order it was trained in.
-    rows = [
-        ("untrained", "label-first", evaluate_model(untrained, dataset_folder, args.output_dir, "untrained")),
-        ("trained", "label-first", evaluate_model(trained, dataset_folder, args.output_dir, "trained")),
-        ("trained", "cot-first", evaluate_model(trained, dataset_folder, args.output_dir, "trained", "cot-first")),
-    ]
+    evaluations = {
+        ("untrained", "label-first"): evaluate_model(untrained, dataset_folder, args.output_dir, "untrained"),
+        ("trained", "label-first"): evaluate_model(trained, dataset_folder, args.output_dir, "trained"),
+        ("trained", "cot-first"): evaluate_model(trained, dataset_folder, args.output_dir, "trained", "cot-first"),
+    }
     print(
         f"\n{'model':<10}{'CoT order':<13}{'accuracy':>9}{'balanced':>9}{'macro F1':>9}{'Exp-CoT':>9}  with sections"
     )
-    for name, order, (results, _) in rows:
+    for (name, order), (results, _) in evaluations.items():
         fer, cot = results["fer"], results["exp_cot"]
         generated = [sample["cot"]["generated"] for sample in results["samples"] if "cot" in sample]
         explained = sum("Key Observations" in text for text in generated)
@@ -260,14 +260,15 @@ def main():
             f"{name:<10}{order:<13}{fer['accuracy']:>9.3f}{fer['balanced_accuracy']:>9.3f}{fer['macro_f1']:>9.3f}"
             f"{cot['exp_cot_score']:>9.3f}  {explained}/{len(generated)}"
         )
-    after, evaluation = rows[1][2]
+    after, evaluation = evaluations["trained", "label-first"]
     accuracy = after["fer"]["accuracy"]
     print(
         f"\nheld-out accuracy {accuracy:.1%} on {after['dataset']['num_evaluated']} faces after "
         f"{training_seconds:.0f} s of training (target: at least 95% within 300 s)"
     )
     print(f"confusion matrix: {os.path.join(evaluation, 'confusion_matrix.png')}")
-    example = next(sample for sample in rows[2][2][0]["samples"] if "cot" in sample)
+    cot_first, _ = evaluations["trained", "cot-first"]
+    example = next(sample for sample in cot_first["samples"] if "cot" in sample)
     print(f"\na generated CoT (CoT-first; truth {example['label']}):\n{example['cot']['generated']}")
 
     step(f"done in {time.time() - started:.0f} s")

@@ -18,6 +18,7 @@ Usage: python bench/judge_validity.py [path/to/rafdb_emo_au_val_mini_description
 
 import argparse
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ from scipy.stats import spearmanr
 from dataset_builders.exp_cot.sources import OfficialJsonSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "rafdb_emo_au_val_mini_description.json"
+OFFICIAL_DIR = Path(
+    os.environ.get("EXPLLM_OFFICIAL_DIR", REPO_ROOT / ".." / "shared" / "reference" / "expllm_official")
+)
+DEFAULT_PATH = OFFICIAL_DIR / "rafdb_emo_au_val_mini_description.json"
 METRIC_PATH = REPO_ROOT / "evaluate" / "exp_cot_score"
 
 

@@ -37,7 +37,7 @@ from expllm_testing.tiny import save_tiny_backbones
 from modeling_expllm.configuration_expllm import ExpLLMConfig
 from modeling_expllm.modeling_expllm import ExpLLMForConditionalGeneration
 from modeling_expllm.vocabulary import cot_messages, fer_messages
-from training.data import ExpLLMCollator
+from training.collator import ExpLLMCollator
 
 
 def build_model(size, folder, device, dtype):

@@ -12,6 +12,7 @@ Usage: python bench/verifier_accuracy.py [path/to/rafdb_emo_au_val_mini_descript
 """
 
 import argparse
+import os
 import random
 import time
 from collections import Counter
@@ -23,7 +24,10 @@ from dataset_builders.exp_cot.sources import OfficialJsonSource
 from dataset_builders.exp_cot.verification import STRICT, read_description, verify_description
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PATH = REPO_ROOT / ".." / "shared" / "reference" / "expllm_official" / "rafdb_emo_au_val_mini_description.json"
+OFFICIAL_DIR = Path(
+    os.environ.get("EXPLLM_OFFICIAL_DIR", REPO_ROOT / ".." / "shared" / "reference" / "expllm_official")
+)
+DEFAULT_PATH = OFFICIAL_DIR / "rafdb_emo_au_val_mini_description.json"
 
 
 def load_records(path):

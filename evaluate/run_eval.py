@@ -262,10 +262,6 @@ def generate(model, processor, images, conversations, max_new_tokens, device, dt
     return [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def _user_turn(text):
-    return {"role": "user", "content": [{"type": "text", "text": text}]}
-
-
 def generate_answers(model, processor, dataset, batch_size, max_new_tokens, device, dtype):
     """The model's greedy answer to the label question, per record."""
     answers = []
@@ -278,18 +274,20 @@ def generate_answers(model, processor, dataset, batch_size, max_new_tokens, devi
 
 def generate_cots(model, processor, dataset, indices, args, device, dtype):
     """(CoT, label answer) per record of `indices`, both asked in one conversation in the order chosen."""
+    from modeling_expllm.vocabulary import turn
+
     cots, label_answers = [], []
     for batch in _batches(len(indices), args.batch_size, f"CoT ({args.cot_order})"):
         images = dataset.select(indices[batch])["image"]
         if args.cot_order == "label-first":  # the official order: the label answer, then the analysis
             first = [processor.fer_messages() for _ in images]
             labels = generate(model, processor, images, first, args.max_new_tokens, device, dtype)
-            second = [processor.fer_messages(label) + [_user_turn(processor.cot_question)] for label in labels]
+            second = [processor.fer_messages(label) + [turn("user", processor.cot_question)] for label in labels]
             texts = generate(model, processor, images, second, args.max_cot_tokens, device, dtype)
         else:
             first = [processor.cot_messages() for _ in images]
             texts = generate(model, processor, images, first, args.max_cot_tokens, device, dtype)
-            second = [processor.cot_messages(text) + [_user_turn(processor.fer_question)] for text in texts]
+            second = [processor.cot_messages(text) + [turn("user", processor.fer_question)] for text in texts]
             labels = generate(model, processor, images, second, args.max_new_tokens, device, dtype)
         cots += texts
         label_answers += labels
@@ -388,30 +386,8 @@ def _versions():
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    import evaluate
-    import yaml
-
-    from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
-
-    if args.cot and args.judge == "openai" and not os.environ.get("OPENAI_API_KEY"):
-        # Before any inference: the judge comes last. No --api-key option: a key on a command line ends up in logs.
-        raise SystemExit("--judge openai needs the judge's API key in OPENAI_API_KEY")
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    label_set = list(SEVEN_LABELS if args.labels == 7 else EXPRESSION_LABELS)
-    dataset, labels, references, counts = load_records(args)
-    model, processor, device, dtype = load_model(args)
-    fer_metric = evaluate.load(str(METRICS_DIR / "fer_accuracy"))
-    started = time.perf_counter()
-
-    # Whole columns, not rows: a row would decode its image too.
-    identity = {key: dataset[key] for key in ("file_name", "source") if key in dataset.column_names}
-    samples = [
-        {"index": i, "label": label, **{key: values[i] for key, values in identity.items()}}
-        for i, label in enumerate(labels)
-    ]
+def evaluate_fer(args, model, processor, dataset, labels, label_set, samples, fer_metric, device, dtype):
+    """FER metrics of the evaluated records, per-sample predictions written into `samples`."""
     results = {}
     if args.fer_mode == "probabilities":
         probabilities = predict_probabilities(model, processor, dataset, label_set, args.batch_size, device, dtype)
@@ -432,30 +408,91 @@ def main(argv=None):
         sample["prediction"] = predicted
         sample["correct"] = predicted == sample["label"]
     results["fer"] = {key: value for key, value in fer.items() if key != "parsed_predictions"}
+    return results
 
-    judge_id = None
-    if args.cot:
-        indices = [i for i, text in enumerate(references) if text.strip()]
-        if not indices:
-            raise ValueError(f"{args.dataset}: none of the evaluated records has a reference CoT to score against")
-        cots, label_answers = generate_cots(model, processor, dataset, indices, args, device, dtype)
-        options = {"judge": args.judge}
-        if args.judge == "lexicon":
-            options["reference_labels"] = [labels[i] for i in indices]
-        else:
-            options.update(judge_model=args.judge_model, base_url=args.judge_base_url, cache_file=args.judge_cache)
-            options = {key: value for key, value in options.items() if value is not None}
-        cot_metric = evaluate.load(str(METRICS_DIR / "exp_cot_score"))
-        scored = cot_metric.compute(predictions=cots, references=[references[i] for i in indices], **options)
-        judge_id = scored["judge"]
-        in_conversation = fer_metric.compute(
-            predictions=label_answers, references=[labels[i] for i in indices], labels=label_set, strict=True
+
+def evaluate_cots(args, model, processor, dataset, labels, references, label_set, samples, fer_metric, device, dtype):
+    """The Exp-CoT Score of the records with a reference CoT, per-sample CoTs written into `samples`."""
+    import evaluate
+
+    indices = [i for i, text in enumerate(references) if text.strip()]
+    if not indices:
+        raise ValueError(f"{args.dataset}: none of the evaluated records has a reference CoT to score against")
+    cots, label_answers = generate_cots(model, processor, dataset, indices, args, device, dtype)
+    options = {"judge": args.judge}
+    if args.judge == "lexicon":
+        options["reference_labels"] = [labels[i] for i in indices]
+    else:
+        options.update(judge_model=args.judge_model, base_url=args.judge_base_url, cache_file=args.judge_cache)
+        options = {key: value for key, value in options.items() if value is not None}
+    cot_metric = evaluate.load(str(METRICS_DIR / "exp_cot_score"))
+    scored = cot_metric.compute(predictions=cots, references=[references[i] for i in indices], **options)
+    in_conversation = fer_metric.compute(
+        predictions=label_answers, references=[labels[i] for i in indices], labels=label_set, strict=True
+    )
+    cot = {key: value for key, value in scored.items() if key != "per_sample"}
+    cot["records_without_reference"] = len(references) - len(indices)
+    cot["label_accuracy_in_cot_conversation"] = in_conversation["accuracy"]
+    for i, text, answer, scores in zip(indices, cots, label_answers, scored["per_sample"]):
+        samples[i]["cot"] = {"generated": text, "label_answer": answer, "scores": scores}
+    return cot
+
+
+def write_outputs(args, results, output_dir):
+    import yaml
+
+    with open(output_dir / "eval_results.json", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, ensure_ascii=False)
+    title = f"{os.path.basename(os.path.normpath(args.model))} on {args.config or args.dataset} {args.split}"
+    save_confusion_matrix(results["fer"], output_dir / "confusion_matrix.png", title)
+    with open(output_dir / "model_index.yaml", "w", encoding="utf-8") as handle:
+        yaml.safe_dump({"model-index": results["model_index"]}, handle, sort_keys=False, allow_unicode=True)
+
+
+def print_summary(args, results, output_dir):
+    fer = results["fer"]
+    print(
+        f"FER ({args.fer_mode}, {args.labels} labels, {results['dataset']['num_evaluated']} records): accuracy "
+        f"{fer['accuracy']:.4f}, balanced {fer['balanced_accuracy']:.4f}, macro F1 {fer['macro_f1']:.4f}, "
+        f"unparseable {fer['unparseable']}"
+    )
+    if "exp_cot" in results:
+        cot = results["exp_cot"]
+        print(
+            f"Exp-CoT Score ({cot['judge']}, {cot['num_judged']}/{cot['num_samples']} judged): {cot['exp_cot_score']}"
+            f" (K {cot['key_observations']}, O {cot['overall_interpretation']}, C {cot['conclusion']})"
         )
-        results["exp_cot"] = {key: value for key, value in scored.items() if key != "per_sample"}
-        results["exp_cot"]["records_without_reference"] = len(references) - len(indices)
-        results["exp_cot"]["label_accuracy_in_cot_conversation"] = in_conversation["accuracy"]
-        for i, cot, answer, scores in zip(indices, cots, label_answers, scored["per_sample"]):
-            samples[i]["cot"] = {"generated": cot, "label_answer": answer, "scores": scores}
+    print(f"wrote {output_dir / 'eval_results.json'}, confusion_matrix.png, model_index.yaml")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import evaluate
+
+    from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
+
+    if args.cot and args.judge == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        # Before any inference: the judge comes last. No --api-key option: a key on a command line ends up in logs.
+        raise SystemExit("--judge openai needs the judge's API key in OPENAI_API_KEY")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    label_set = list(SEVEN_LABELS if args.labels == 7 else EXPRESSION_LABELS)
+    dataset, labels, references, counts = load_records(args)
+    model, processor, device, dtype = load_model(args)
+    fer_metric = evaluate.load(str(METRICS_DIR / "fer_accuracy"))
+    started = time.perf_counter()
+
+    # Whole columns, not rows: a row would decode its image too.
+    identity = {key: dataset[key] for key in ("file_name", "source") if key in dataset.column_names}
+    samples = [
+        {"index": i, "label": label, **{key: values[i] for key, values in identity.items()}}
+        for i, label in enumerate(labels)
+    ]
+    scores = evaluate_fer(args, model, processor, dataset, labels, label_set, samples, fer_metric, device, dtype)
+    if args.cot:
+        scores["exp_cot"] = evaluate_cots(
+            args, model, processor, dataset, labels, references, label_set, samples, fer_metric, device, dtype
+        )
 
     revision, revision_source = model_revision(args.model, model)
     data_revision, data_revision_source = dataset_revision(args.dataset, dataset, args.dataset_revision)
@@ -480,34 +517,16 @@ def main(argv=None):
             "dtype": str(dtype).removeprefix("torch."),
             "cot": args.cot,
             "cot_order": args.cot_order if args.cot else None,
-            "judge": judge_id,
+            "judge": scores["exp_cot"]["judge"] if args.cot else None,
         },
-        **results,
+        **scores,
         "seconds": round(time.perf_counter() - started, 2),
         "versions": _versions(),
         "samples": samples,
     }
     results["model_index"] = model_index(args, results)
-
-    with open(output_dir / "eval_results.json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, ensure_ascii=False)
-    title = f"{os.path.basename(os.path.normpath(args.model))} on {args.config or args.dataset} {args.split}"
-    save_confusion_matrix(results["fer"], output_dir / "confusion_matrix.png", title)
-    with open(output_dir / "model_index.yaml", "w", encoding="utf-8") as handle:
-        yaml.safe_dump({"model-index": results["model_index"]}, handle, sort_keys=False, allow_unicode=True)
-
-    fer = results["fer"]
-    print(
-        f"FER ({args.fer_mode}, {args.labels} labels, {len(samples)} records): accuracy {fer['accuracy']:.4f}, "
-        f"balanced {fer['balanced_accuracy']:.4f}, macro F1 {fer['macro_f1']:.4f}, unparseable {fer['unparseable']}"
-    )
-    if "exp_cot" in results:
-        cot = results["exp_cot"]
-        print(
-            f"Exp-CoT Score ({cot['judge']}, {cot['num_judged']}/{cot['num_samples']} judged): {cot['exp_cot_score']}"
-            f" (K {cot['key_observations']}, O {cot['overall_interpretation']}, C {cot['conclusion']})"
-        )
-    print(f"wrote {output_dir / 'eval_results.json'}, confusion_matrix.png, model_index.yaml")
+    write_outputs(args, results, output_dir)
+    print_summary(args, results, output_dir)
     return results
 
 

@@ -303,7 +303,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def _turn(role, text, with_image=False):
+def turn(role, text, with_image=False):
     """One message in the TRL / transformers multimodal format."""
     content = [{"type": "image"}] if with_image else []
     return {"role": role, "content": content + [{"type": "text", "text": text}]}
@@ -311,8 +311,8 @@ def _turn(role, text, with_image=False):
 
 def fer_messages(label=None, question=FER_QUESTION):
     """A FER sample (DESIGN section 6): the label question about the image, answered with `label` when given."""
-    messages = [_turn("user", question, with_image=True)]
-    return messages + [_turn("assistant", label)] if label is not None else messages
+    messages = [turn("user", question, with_image=True)]
+    return messages + [turn("assistant", label)] if label is not None else messages
 
 
 def cot_messages(cot=None, label=None, cot_question=COT_QUESTION, fer_question=FER_QUESTION):
@@ -320,10 +320,10 @@ def cot_messages(cot=None, label=None, cot_question=COT_QUESTION, fer_question=F
 
     Without `cot` it is the prompt that asks for one.
     """
-    messages = [_turn("user", cot_question, with_image=True)]
+    messages = [turn("user", cot_question, with_image=True)]
     if cot is None:
         return messages
-    messages.append(_turn("assistant", cot))
+    messages.append(turn("assistant", cot))
     if label is not None:
-        messages += [_turn("user", fer_question), _turn("assistant", label)]
+        messages += [turn("user", fer_question), turn("assistant", label)]
     return messages

@@ -1,13 +1,9 @@
-"""Shared fixtures: tiny random towers saved as Hub-style folders, and an ExpLLM built from them."""
+"""Shared fixtures: tiny random towers saved as Hub-style folders, and an ExpLLM built from them. Shared helpers that
+are not fixtures live in tests/helpers.py."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OFFICIAL_DIR = os.path.join(REPO_ROOT, "..", "shared", "reference", "expllm_official")
 
 
 def pytest_configure(config):
@@ -39,28 +35,3 @@ def tiny_model(tiny_backbones):
     torch.manual_seed(0)
     model, processor = ExpLLMForConditionalGeneration.from_backbones(*tiny_backbones)
     return model.eval(), processor
-
-
-def run_isolated(script, *args, timeout=300):
-    """Run a Python script in a fresh interpreter where this project's packages cannot be imported, the way a Hub
-    user without the project installed runs it. Returns stdout; raises with stderr on failure."""
-    blocker = (
-        "import sys, importlib.abc\n"
-        "class _BlockProject(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('modeling_expllm', 'dataset_builders'):\n"
-        "            raise ImportError(f'{name} is part of the project and must not be needed')\n"
-        "sys.meta_path.insert(0, _BlockProject())\n"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run(
-        [sys.executable, "-c", blocker + script, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd="/",
-        env=env,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"isolated script failed:\n{result.stderr[-4000:]}")
-    return result.stdout

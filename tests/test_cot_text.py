@@ -1,7 +1,6 @@
 """The Exp-CoT text layer: writing and tolerantly reading the three-part format, AU mentions, emotions, the label."""
 
 import json
-import os
 
 import pytest
 
@@ -12,17 +11,9 @@ from dataset_builders.exp_cot.cot_text import (
     format_cot,
     split_cot,
 )
+from helpers import OFFICIAL_DESCRIPTIONS as OFFICIAL_FILE
+from helpers import needs_official_files as needs_official
 from modeling_expllm.vocabulary import AU_INDEX, COT_SECTIONS
-
-OFFICIAL_FILE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "..",
-    "shared",
-    "reference",
-    "expllm_official",
-    "rafdb_emo_au_val_mini_description.json",
-)
-needs_official = pytest.mark.skipif(not os.path.isfile(OFFICIAL_FILE), reason="official description file not present")
 
 OBSERVATIONS = "The brows sit low and close together, and the upper lip rises."
 INTERPRETATION = "Together these movements read as irritation turning into open anger."

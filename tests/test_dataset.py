@@ -17,7 +17,6 @@ from datasets import load_dataset
 from huggingface_hub import DatasetCard
 from PIL import Image
 
-from conftest import OFFICIAL_DIR
 from dataset_builders.exp_cot.__main__ import build_parser as engine_parser
 from dataset_builders.exp_cot.cot_text import format_cot
 from dataset_builders.exp_cot.pipeline import EngineSettings
@@ -52,6 +51,7 @@ from dataset_builders.exp_cot_dataset.configs import (
     uniform_parts,
     write_parquet_config,
 )
+from helpers import OFFICIAL_DIR, needs_official_files
 from modeling_expllm.vocabulary import (
     AU_NAMES,
     EXPRESSION_LABELS,
@@ -495,7 +495,7 @@ def test_conversations_are_the_vocabulary_conversations_and_stream(local_build):
 
 
 def test_the_trainer_reads_the_conversations_config(local_build):
-    from training.data import expression_source, mix_fer_and_cot
+    from training.samples import expression_source, mix_fer_and_cot
 
     source, entries = expression_source(load_dataset(str(local_build), "conversations", split="train"))
     listing = mix_fer_and_cot(entries, cot_ratio=0.25)
@@ -616,7 +616,7 @@ def test_the_command_line_builds_the_synthetic_config(folders, tmp_path, no_netw
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(OFFICIAL_DIR), reason="the official annotation files are not here")
+@needs_official_files
 def test_the_official_files_give_the_papers_counts(tmp_path):
     output = tmp_path / "official"
     inputs = gather_inputs(official=[OFFICIAL_DIR])

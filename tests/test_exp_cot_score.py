@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from conftest import OFFICIAL_DIR, REPO_ROOT
 from dataset_builders.exp_cot.cot_text import format_cot
 from dataset_builders.exp_cot.judges import JudgePrompts, parse_judgement
 from expllm_testing import llm_server
+from helpers import OFFICIAL_DESCRIPTIONS as OFFICIAL_FILE
+from helpers import REPO_ROOT, needs_official_files
 from modeling_expllm.vocabulary import COT_SECTIONS
 
 METRIC_DIR = os.path.join(REPO_ROOT, "evaluate", "exp_cot_score")
-OFFICIAL_FILE = os.path.join(OFFICIAL_DIR, "rafdb_emo_au_val_mini_description.json")
 
 ANGER_OBSERVATIONS = (
     "The left brow is strongly lowered and the right brow is strongly lowered, a pattern typical of anger. The upper "
@@ -342,7 +342,7 @@ def test_judgement_parsing_is_strict(reply, problem):
 # Validity on the official descriptions
 
 
-@pytest.mark.skipif(not os.path.exists(OFFICIAL_FILE), reason="the official annotation files are not here")
+@needs_official_files
 def test_lexicon_judge_validity_on_official_descriptions():
     """The benchmark's figures on a subsample: self-score 1.0, K follows the AU vectors' similarity."""
     from dataset_builders.exp_cot.judges import LexiconJudge

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
 
 METRIC_DIR = os.path.join(REPO_ROOT, "evaluate", "fer_accuracy")

@@ -179,7 +179,7 @@ def test_label_probabilities_agree_with_the_greedy_answer_of_a_trained_model(tin
     """Overfit the model on one synthetic face per class: the most probable label of the one-pass scoring is then the
     truth, and it is also what greedy generation answers."""
     from dataset_builders.exp_cot.synthetic_faces import generate_faces
-    from training.data import ExpLLMCollator
+    from training.collator import ExpLLMCollator
 
     model, processor = tiny_model
     torch.manual_seed(0)

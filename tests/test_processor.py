@@ -136,7 +136,7 @@ def test_inference_prompts_are_the_training_tokens_up_to_the_answer(tiny_model):
     """One <s>, and the same ids at inference as at training: the label question, the CoT question and the
     label-first CoT question (the official evaluation order) are each tokenised by the processor exactly as the
     training collator tokenises the same conversation up to its answer."""
-    from training.data import ExpLLMCollator
+    from training.collator import ExpLLMCollator
 
     _, processor = tiny_model
     face = Image.new("RGB", (50, 70), (120, 80, 60))

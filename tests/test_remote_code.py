@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_isolated
+from helpers import run_isolated
 
 LOAD_EVERYTHING = r"""
 import json, sys

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT
+from helpers import REPO_ROOT
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS
 
 RUNNER = os.path.join(REPO_ROOT, "evaluate", "run_eval.py")

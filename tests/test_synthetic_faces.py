@@ -14,7 +14,6 @@ from PIL import Image
 
 from dataset_builders.exp_cot.synthetic_faces import (
     FaceAppearance,
-    check_au_vector,
     generate_faces,
     oracle_action_units,
     oracle_label,
@@ -23,6 +22,7 @@ from dataset_builders.exp_cot.synthetic_faces import (
     sample_au_vector,
     sample_face,
     save_face,
+    unit_au_array,
 )
 from modeling_expllm.vocabulary import ACTION_UNITS, AU_INDEX, AU_NAMES, EXPRESSION_LABELS, prototype_vector
 
@@ -249,7 +249,7 @@ def test_intensity_changes_the_drawing_smoothly(name, neutral_face):
 )
 def test_bad_au_vectors_raise_value_errors_naming_the_problem(values, message):
     with pytest.raises(ValueError, match=message):
-        check_au_vector(values)
+        unit_au_array(values)
     with pytest.raises(ValueError, match=message):
         render_face(values)
 

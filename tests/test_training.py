@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO_ROOT, run_isolated
+from helpers import REPO_ROOT, run_isolated
 
 TRAIN = [sys.executable, os.path.join(REPO_ROOT, "train_sft.py"), "--config", "configs/tiny_cpu.yaml"]
 QUIET = ["--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true"]
@@ -40,7 +40,7 @@ def workspace(tmp_path_factory):
     return {"root": root, "vision": vision, "text": text, "chat_json": chat_json, "dataset": dataset}
 
 
-def write_record_dataset(folder, count, seed, corrupt=False):
+def write_record_dataset(folder, count, seed, corrupt=False, split="train"):
     """A record-config dataset (image, label, au, cot) in Parquet, as the dataset builder publishes it."""
     from datasets import ClassLabel, Dataset, Features, Image, Sequence, Value
 
@@ -83,7 +83,7 @@ def write_record_dataset(folder, count, seed, corrupt=False):
         broken = [{"bytes": b"not an image at all", "path": "broken_face.png"}] + dataset["image"][1:]
         dataset = dataset.remove_columns("image").add_column("image", broken).cast_column("image", Image(decode=False))
     os.makedirs(folder, exist_ok=True)
-    dataset.to_parquet(os.path.join(folder, "train.parquet"))
+    dataset.to_parquet(os.path.join(folder, f"{split}.parquet"))
     return folder
 
 
@@ -156,6 +156,18 @@ def test_stage2_lora_adapter_and_merged_model(workspace, stage1):
     assert loaded.split() == ["ExpLLMForConditionalGeneration", "ExpLLMProcessor"]
 
 
+def test_optional_eval_split(workspace, stage1, tmp_path):
+    """With --eval_strategy, the loss on --dataset_test_split is reported as the run goes."""
+    folder = write_record_dataset(str(tmp_path / "with_test"), count=8, seed=4)
+    write_record_dataset(folder, count=4, seed=5, split="test")
+    output = str(tmp_path / "evaluated")
+    extra = ["--dataset_name", folder, "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "1"]
+    run_train(*stage2_args(workspace, stage1, output, *extra))
+    with open(os.path.join(output, "trainer_state.json")) as file:
+        evaluated = [entry["step"] for entry in json.load(file)["log_history"] if "eval_loss" in entry]
+    assert evaluated == [1, 2]
+
+
 def logged_losses(output):
     with open(os.path.join(output, "trainer_state.json")) as file:
         return {entry["step"]: entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry}
@@ -193,7 +205,8 @@ def test_collator_puts_loss_on_the_answers_only(workspace, stage1):
     from datasets import load_dataset
     from transformers import AutoProcessor
 
-    from training.data import ExpLLMCollator, expression_source, training_dataset
+    from training.collator import ExpLLMCollator
+    from training.samples import expression_source, training_dataset
 
     processor = AutoProcessor.from_pretrained(stage1, trust_remote_code=True)
     records = load_dataset(workspace["dataset"], split="train")

@@ -8,12 +8,9 @@ import os
 import pytest
 
 from dataset_builders.exp_cot.verification import STRICT, read_description, verify_description
+from helpers import OFFICIAL_DESCRIPTIONS as OFFICIAL_FILE
+from helpers import REPO_ROOT, needs_official_files
 from modeling_expllm.vocabulary import AU_INDEX, NUM_ACTION_UNITS
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OFFICIAL_FILE = os.path.join(
-    REPO_ROOT, "..", "shared", "reference", "expllm_official", "rafdb_emo_au_val_mini_description.json"
-)
 
 
 def face(**intensities):
@@ -163,7 +160,7 @@ def test_the_description_must_be_text():
         verify_description(None, SMILING_FACE, "Happiness")
 
 
-@pytest.mark.skipif(not os.path.isfile(OFFICIAL_FILE), reason="official description file not present")
+@needs_official_files
 def test_accuracy_on_the_official_descriptions():
     """The benchmark's figures: accept the real triples, reject descriptions of other faces."""
     spec = importlib.util.spec_from_file_location(

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from dataset_builders.exp_cot.offline_writer import write_caption
 from dataset_builders.exp_cot.synthetic_faces import generate_faces, save_face
-from training.data import CAPTION_QUESTION
+from training.samples import CAPTION_QUESTION
 
 
 def write_pretrain_set(output, count, seed=1, size=224):

@@ -175,7 +175,7 @@ class UnreadableImageError(ValueError):
     """An input that is not a readable, non-empty image."""
 
 
-def describe_image(image):
+def image_name(image):
     """How messages name an input: its file name where it has one."""
     if isinstance(image, str | os.PathLike):
         return Path(image).name
@@ -184,7 +184,7 @@ def describe_image(image):
     return f"<{type(image).__name__}>"
 
 
-def _to_rgb(image):
+def _rgb_on_white(image):
     """An 8-bit RGB copy of a PIL image of any mode; transparent parts become white."""
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         # Pillow's own conversion clips 16-bit values at 255 instead of scaling them.
@@ -219,7 +219,7 @@ def load_rgb(image, max_side=MAX_SIDE):
     and the factor from those pixels back to the input's. Raises UnreadableImageError naming the file."""
     if not isinstance(image, str | os.PathLike | Image.Image | np.ndarray):
         raise TypeError(f"expected an image file path, PIL image or numpy array, got {type(image).__name__}")
-    name = describe_image(image)
+    name = image_name(image)
     try:
         if isinstance(image, str | os.PathLike):
             with Image.open(image) as opened:
@@ -229,14 +229,14 @@ def load_rgb(image, max_side=MAX_SIDE):
                     opened.draft(opened.mode, (max_side, max_side))
                 opened.load()
                 source_size = _oriented_size(stored_size, opened)
-                picture = _to_rgb(ImageOps.exif_transpose(opened))
+                picture = _rgb_on_white(ImageOps.exif_transpose(opened))
         elif isinstance(image, Image.Image):
             image.load()
             source_size = _oriented_size(image.size, image)
-            picture = _to_rgb(ImageOps.exif_transpose(image))
+            picture = _rgb_on_white(ImageOps.exif_transpose(image))
         else:
             source_size = (image.shape[1], image.shape[0]) if image.ndim >= 2 else (0, 0)
-            picture = _to_rgb(_array_to_image(image))
+            picture = _rgb_on_white(_array_to_image(image))
     except UnreadableImageError as error:
         raise UnreadableImageError(f"{name}: {error}") from error
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -290,7 +290,7 @@ class MediaPipeAUDetector:
         if self._landmarker is None:
             # A closed MediaPipe landmarker returns nothing and raises nothing: refuse loudly instead.
             raise RuntimeError("this MediaPipeAUDetector is closed")
-        name = describe_image(image)
+        name = image_name(image)
         try:
             pixels, scale = load_rgb(image, self.max_side)
         except UnreadableImageError as error:
@@ -341,7 +341,7 @@ class OracleAUDetector:
 
     def detect(self, image):
         """AUResult for a file path or PIL image (arrays carry no metadata)."""
-        name = describe_image(image)
+        name = image_name(image)
         if isinstance(image, str | os.PathLike):
             try:
                 with Image.open(image) as opened:

@@ -396,56 +396,14 @@ def find_au_mentions(text, *, generic=False):
     movements = _MOVEMENTS.find(tokens, taken)
     degrees = _DEGREES.find(tokens, set(taken))
     denied = _denied_lists(tokens)
+    layout = _Layout(tokens, parts)
 
-    def same_clause(a, b):
-        return tokens[a[0]].clause == tokens[b[0]].clause
-
-    def part_between(a, b):
-        return any(min(a[1], b[1]) < p[0] and p[1] < max(a[0], b[0]) for p in parts)
-
-    def near(part, other):
-        return same_clause(part, other) and _gap(part, other) < _PAIR_WINDOW and not part_between(part, other)
-
-    statements = []  # (token span, part or None, action units, kind)
-    for movement in movements:
-        if any(_gap(movement, cue) == 0 and cue[0] > movement[1] and not cue[2] & movement[2] for cue in cues):
-            continue  # "a wide smile", "an open grin": the movement word qualifies the cue word
-        bound = _bound_part(tokens, movement, parts)
-        if bound is not None:  # "upward movement of the cheeks" is about the cheeks, whatever comes before
-            candidates = [bound] if bound[2] & movement[2] else []
-        else:
-            candidates = [part for part in parts if part[2] & movement[2] and near(part, movement)]
-        if not candidates:
-            continue
-        nearest = min(candidates, key=lambda part: (_gap(part, movement), -part[0]))
-        sharing = [nearest] + [
-            part
-            for part in parts
-            if part is not nearest and part[2] & movement[2] and _coordinated(tokens, part, nearest)
-        ]
-        for part in sharing:
-            span = (min(part[0], movement[0]), max(part[1], movement[1]))
-            statements.append((span, part, part[2] & movement[2], "explicit"))
-
-    paired_movements = {span[0] for span, _, _, _ in statements} | {span[1] for span, _, _, _ in statements}
-    for cue in cues:
-        if cue[0] in paired_movements or cue[1] in paired_movements:
-            continue
-        adjacent = [part for part in parts if _gap(part, cue) == 0 and same_clause(part, cue)]
-        if any(not (part[2] & cue[2]) for part in adjacent):
-            continue  # "smiling eyes", "crinkled eyes": the cue qualifies a different part
-        statements.append(((cue[0], cue[1]), None, cue[2], "cue"))
-
+    # Statements: (token span, part or None, action units, kind), from part + movement pairs, lone cues, and with
+    # `generic` active parts; then each gets its side and degree, and denied ones are dropped.
+    statements = _part_movement_statements(layout, movements, cues)
+    statements += _cue_statements(layout, cues, statements)
     if generic:
-        activity_words = [i for i, t in enumerate(tokens) if t.word in _ACTIVITY_WORDS]
-        for part in parts:
-            activity = [i for i in activity_words if abs(i - part[0]) <= _PAIR_WINDOW + 2 and near(part, (i, i))]
-            next_start = tokens[part[1] + 1].start if part[1] + 1 < len(tokens) else len(text)
-            number_follows = re.search(r"\d", text[tokens[part[1]].end : next_start]) is not None
-            if activity or number_follows:
-                last = max([part[1]] + activity)
-                statements.append(((min([part[0]] + activity), last), part, part[2], "generic"))
-
+        statements += _generic_statements(text, layout)
     anchors = [span[0] for span, _, _, _ in statements]
     busy = {k for found in (parts, movements, cues) for first, last, _ in found for k in range(first, last + 1)}
     resolved = []  # (token span, action units, side, degree, kind, part)
@@ -465,6 +423,80 @@ def find_au_mentions(text, *, generic=False):
         chosen = [i for i in sorted(units) if side in (None, "both") or ACTION_UNITS[i].side in (None, side)]
         mentions += [AUMention(i, side, degree, start, end, kind) for i in chosen]
     return sorted(set(mentions), key=lambda m: (m.start, m.end, m.au, m.kind))
+
+
+class _Layout:
+    """Where the part phrases of one text stand, for the distance tests between phrases."""
+
+    def __init__(self, tokens, parts):
+        self.tokens, self.parts = tokens, parts
+
+    def same_clause(self, a, b):
+        return self.tokens[a[0]].clause == self.tokens[b[0]].clause
+
+    def part_between(self, a, b):
+        return any(min(a[1], b[1]) < p[0] and p[1] < max(a[0], b[0]) for p in self.parts)
+
+    def near(self, part, other):
+        """In one clause, a few words apart, and no other part between them."""
+        return (
+            self.same_clause(part, other) and _gap(part, other) < _PAIR_WINDOW and not self.part_between(part, other)
+        )
+
+
+def _part_movement_statements(layout, movements, cues):
+    """A movement word with its nearest part of a shared action unit, and the parts coordinated with that one."""
+    tokens, parts = layout.tokens, layout.parts
+    statements = []
+    for movement in movements:
+        if any(_gap(movement, cue) == 0 and cue[0] > movement[1] and not cue[2] & movement[2] for cue in cues):
+            continue  # "a wide smile", "an open grin": the movement word qualifies the cue word
+        bound = _bound_part(tokens, movement, parts)
+        if bound is not None:  # "upward movement of the cheeks" is about the cheeks, whatever comes before
+            candidates = [bound] if bound[2] & movement[2] else []
+        else:
+            candidates = [part for part in parts if part[2] & movement[2] and layout.near(part, movement)]
+        if not candidates:
+            continue
+        nearest = min(candidates, key=lambda part: (_gap(part, movement), -part[0]))
+        sharing = [nearest] + [
+            part
+            for part in parts
+            if part is not nearest and part[2] & movement[2] and _coordinated(tokens, part, nearest)
+        ]
+        for part in sharing:
+            span = (min(part[0], movement[0]), max(part[1], movement[1]))
+            statements.append((span, part, part[2] & movement[2], "explicit"))
+    return statements
+
+
+def _cue_statements(layout, cues, statements):
+    """Cue words not already paired, unless they qualify a part of their own ("smiling eyes")."""
+    paired_movements = {span[0] for span, _, _, _ in statements} | {span[1] for span, _, _, _ in statements}
+    found = []
+    for cue in cues:
+        if cue[0] in paired_movements or cue[1] in paired_movements:
+            continue
+        adjacent = [part for part in layout.parts if _gap(part, cue) == 0 and layout.same_clause(part, cue)]
+        if any(not (part[2] & cue[2]) for part in adjacent):
+            continue  # "smiling eyes", "crinkled eyes": the cue qualifies a different part
+        found.append(((cue[0], cue[1]), None, cue[2], "cue"))
+    return found
+
+
+def _generic_statements(text, layout):
+    """Parts said to be active without a movement: near an activity word, or followed by a number."""
+    tokens = layout.tokens
+    activity_words = [i for i, t in enumerate(tokens) if t.word in _ACTIVITY_WORDS]
+    found = []
+    for part in layout.parts:
+        activity = [i for i in activity_words if abs(i - part[0]) <= _PAIR_WINDOW + 2 and layout.near(part, (i, i))]
+        next_start = tokens[part[1] + 1].start if part[1] + 1 < len(tokens) else len(text)
+        number_follows = re.search(r"\d", text[tokens[part[1]].end : next_start]) is not None
+        if activity or number_follows:
+            last = max([part[1]] + activity)
+            found.append(((min([part[0]] + activity), last), part, part[2], "generic"))
+    return found
 
 
 _PREPOSITIONS = {"of", "in", "at", "on", "around", "to"}

@@ -496,7 +496,7 @@ class OpenAIJudge:
 # Both together
 
 
-def summarize(scores, judge_id):
+def summarize_scores(scores, judge_id):
     """The metric's output: mean K, O, C over the judged samples, the Exp-CoT Score, failures and missing sections."""
     judged = [score for score in scores if score.error is None]
     means = {part: (sum(getattr(s, part) for s in judged) / len(judged) if judged else None) for part in PARTS}

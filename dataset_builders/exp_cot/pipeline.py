@@ -203,9 +203,9 @@ def reflection_feedback(prompts, verification, predicted, label):
     return " ".join(parts)
 
 
-async def make_pair(sample, au_result, au_model, backend, prompts, settings):
-    """The record of one sample: its Exp-CoT pair ("done"), or why there is none ("skipped" / "failed")."""
-    record = {
+def new_record(sample, au_result, au_model, backend, prompts):
+    """The record of a sample before any process ran on it."""
+    return {
         "id": sample.id,
         "source": sample.source,
         "split": sample.split,
@@ -233,49 +233,58 @@ async def make_pair(sample, au_result, au_model, backend, prompts, settings):
         "usage": {"requests": 0, "from_cache": 0, "prompt_tokens": 0, "completion_tokens": 0},
         "cost_usd": 0.0,
     }
+
+
+async def describe_until_verified(chat, record, au, label, backend, prompts, settings):
+    """AU2Des, then rounds of Des2Exp, Result Verification and Feedback Reflection (revealing the label after
+    `settings.reveal_after` rounds) until a description passes; `record` gets the description and every round's log.
+    Raises `SampleFailed` when none passes in `settings.max_rounds`."""
+    record["description"] = await chat.ask("au2des", prompts.render("au2des", **face_values(au)), Facts(au))
+    for round_number in range(1, settings.max_rounds + 1):
+        description = record["description"]
+        answer = await chat.ask("des2exp", prompts.render("des2exp", **face_values(au)), Facts(au, description))
+        predicted = normalize_label(answer)
+        if predicted is None:
+            raise SampleFailed("not_a_label", f"Des2Exp answered {answer!r:.200}, which is not one of the labels")
+        verification = verify_description(description, au, label)
+        passed = verification.passed and predicted == label
+        log = {
+            "round": round_number,
+            "label_revealed": record["label_revealed"],
+            "des2exp_label": predicted,
+            "passed": passed,
+            "reasons": list(verification.reasons) + ([] if predicted == label else ["des2exp_label_mismatch"]),
+        }
+        if settings.llm_verify:
+            log["llm_verdict"], log["llm_answer"] = await llm_verdict(backend, prompts, description, au, label, chat)
+        record["rounds_log"].append(log)
+        record.update(rounds=round_number, des2exp_label=predicted, verification=verification.to_dict())
+        if passed:
+            return
+        if round_number == settings.max_rounds:
+            raise SampleFailed(
+                "verification_failed",
+                f"no verified analysis in {settings.max_rounds} rounds; last: {', '.join(log['reasons'])}",
+            )
+        feedback = reflection_feedback(prompts, verification, predicted, label)
+        if round_number >= settings.reveal_after:
+            record["label_revealed"] = True
+            content, facts = prompts.render("reveal", feedback=feedback, label=label), Facts(au, None, label)
+        else:
+            content, facts = prompts.render("reflect", feedback=feedback), Facts(au)
+        record["description"] = await chat.ask("reveal" if record["label_revealed"] else "reflect", content, facts)
+
+
+async def make_pair(sample, au_result, au_model, backend, prompts, settings):
+    """The record of one sample: its Exp-CoT pair ("done"), or why there is none ("skipped" / "failed")."""
+    record = new_record(sample, au_result, au_model, backend, prompts)
     if au_result.status != "ok":
         return {**record, "status": "skipped", "reason": au_result.status, "message": au_result.message}
 
     au, label = au_result.au, sample.label
     chat = Chat(backend, prompts.render("system"))
     try:
-        record["description"] = await chat.ask("au2des", prompts.render("au2des", **face_values(au)), Facts(au))
-        for round_number in range(1, settings.max_rounds + 1):
-            description = record["description"]
-            answer = await chat.ask("des2exp", prompts.render("des2exp", **face_values(au)), Facts(au, description))
-            predicted = normalize_label(answer)
-            if predicted is None:
-                raise SampleFailed("not_a_label", f"Des2Exp answered {answer!r:.200}, which is not one of the labels")
-            verification = verify_description(description, au, label)
-            passed = verification.passed and predicted == label
-            log = {
-                "round": round_number,
-                "label_revealed": record["label_revealed"],
-                "des2exp_label": predicted,
-                "passed": passed,
-                "reasons": list(verification.reasons) + ([] if predicted == label else ["des2exp_label_mismatch"]),
-            }
-            if settings.llm_verify:
-                log["llm_verdict"], log["llm_answer"] = await llm_verdict(
-                    backend, prompts, description, au, label, chat
-                )
-            record["rounds_log"].append(log)
-            record.update(rounds=round_number, des2exp_label=predicted, verification=verification.to_dict())
-            if passed:
-                break
-            if round_number == settings.max_rounds:
-                raise SampleFailed(
-                    "verification_failed",
-                    f"no verified analysis in {settings.max_rounds} rounds; last: {', '.join(log['reasons'])}",
-                )
-            feedback = reflection_feedback(prompts, verification, predicted, label)
-            if round_number >= settings.reveal_after:
-                record["label_revealed"] = True
-                content, facts = prompts.render("reveal", feedback=feedback, label=label), Facts(au, None, label)
-            else:
-                content, facts = prompts.render("reflect", feedback=feedback), Facts(au)
-            record["description"] = await chat.ask("reveal" if record["label_revealed"] else "reflect", content, facts)
-
+        await describe_until_verified(chat, record, au, label, backend, prompts, settings)
         sections, refined_verification = await refined_cot(chat, prompts, record["description"], au, label, settings)
         record.update(
             status="done",

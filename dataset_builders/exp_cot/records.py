@@ -96,7 +96,7 @@ def write_json(path, data):
 # Summary
 
 
-def summarize(records):
+def summarize_records(records):
     """Counts over a run's records: statuses and reasons, rounds, label reveals, verification, tokens and cost."""
     status_counts = Counter(record["status"] for record in records)
     reasons = {status: Counter() for status in ("skipped", "failed")}

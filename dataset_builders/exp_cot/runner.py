@@ -29,7 +29,7 @@ from .backends import BACKENDS, DEFAULT_OPENAI_MODEL, OFFLINE_MODEL, OfflineWrit
 from .cache import ResponseCache
 from .pipeline import EngineSettings, make_pair
 from .prompting import DEFAULT_PROMPT_VERSION, PromptSet
-from .records import JsonlFile, format_summary, read_jsonl, rewrite_jsonl, summarize, write_json
+from .records import JsonlFile, format_summary, read_jsonl, rewrite_jsonl, summarize_records, write_json
 from .sources import unique_samples
 
 # Settings that shape the records: a resumed run with other values would mix two kinds of records in one file.
@@ -133,7 +133,7 @@ def _run_locked(source, config):
         "backend": config.backend,
         "model": model,
         "prompt_version": prompts.version,
-        **summarize(all_records),
+        **summarize_records(all_records),
         "this_run": session,
     }
     write_json(output / "summary.json", summary)

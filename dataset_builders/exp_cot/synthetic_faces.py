@@ -176,7 +176,7 @@ def sample_appearance(rng: np.random.Generator) -> FaceAppearance:
 # Input checks
 
 
-def check_au_vector(au) -> np.ndarray:
+def unit_au_array(au) -> np.ndarray:
     """The AU vector as a float array, or a ValueError saying what is wrong with it."""
     try:
         values = np.asarray(au, dtype=np.float64)
@@ -616,7 +616,7 @@ def render_face(au, appearance: FaceAppearance | None = None, size: int = 224) -
     Returns an RGB image of `size` x `size` pixels. The AUs it was drawn from are stored, rounded to 4 decimals, as a
     JSON list in `image.info["expllm_au"]`.
     """
-    values = check_au_vector(au)
+    values = unit_au_array(au)
     if not isinstance(size, int) or size < 16:
         raise ValueError(f"size must be an integer of at least 16 pixels, got {size!r}")
     look = appearance if appearance is not None else FaceAppearance()
@@ -740,7 +740,7 @@ def oracle_action_units(image_or_path) -> list[float] | None:
     except (TypeError, json.JSONDecodeError) as error:
         raise ValueError(f"{image_or_path!r}: metadata {AU_INFO_KEY!r} is not a JSON list: {error}") from error
     try:
-        return [float(v) for v in check_au_vector(values)]
+        return [float(v) for v in unit_au_array(values)]
     except ValueError as error:
         raise ValueError(f"{image_or_path!r}: metadata {AU_INFO_KEY!r} is not a valid AU vector: {error}") from error
 

@@ -9,7 +9,7 @@ endpoint), as the paper did with GPT-4o.
 import datasets
 import evaluate
 
-from dataset_builders.exp_cot.judges import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize
+from dataset_builders.exp_cot.judges import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize_scores
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, check_au_vector, normalize_label
 
 _CITATION = """\
@@ -138,7 +138,7 @@ class ExpCotScore(evaluate.Metric):
                 reference_au=_au_vectors(reference_au, len(references)),
                 reference_labels=_labels(reference_labels, len(references)),
             )
-            return summarize(scores, lexicon.id)
+            return summarize_scores(scores, lexicon.id)
         if reference_au is not None or reference_labels is not None:
             raise ValueError(
                 "reference_au and reference_labels are read by the lexicon judge only; the openai judge grades the "
@@ -152,4 +152,4 @@ class ExpCotScore(evaluate.Metric):
             format_retries=format_retries,
             concurrency=concurrency,
         )
-        return summarize(grader.score_all(predictions, references), grader.id)
+        return summarize_scores(grader.score_all(predictions, references), grader.id)

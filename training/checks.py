@@ -1,0 +1,60 @@
+"""Checks `train_sft.py` runs before any compute: every image opens, and every sequence fits `max_length`."""
+
+from tqdm.auto import tqdm
+
+
+def check_images(dataset, processor, description="checking images"):
+    """Open every image once; raise naming the first ones that fail, with how many failed in all."""
+    failures = []
+    for row in tqdm(dataset, desc=description, unit="sample", leave=False):
+        for image in row["images"]:
+            try:
+                processor.image_processor.load_image(image)
+            except (OSError, ValueError, TypeError) as error:
+                failures.append(f"sample {row['position']} ({image_origin(image)}): {error}")
+    if failures:
+        shown = "\n  ".join(failures[:10])
+        raise ValueError(f"{len(failures)} training images cannot be read, e.g.:\n  {shown}")
+
+
+def image_origin(image):
+    """Where a training image comes from, for an error message: its path, or what kind of object it is."""
+    if isinstance(image, str):
+        return image
+    if isinstance(image, dict):
+        return image.get("path") or "<embedded image>"
+    return getattr(image, "filename", "") or type(image).__name__
+
+
+def sequence_lengths(dataset, processor):
+    """Token count of each sample as the model sees it (each image counts its expanded image tokens)."""
+    size = processor.image_processor.size
+    image_tokens = (size.height // processor.patch_size) * (size.width // processor.patch_size)
+    lengths = []
+    for start in tqdm(range(0, len(dataset), 256), desc="measuring lengths", unit="batch", leave=False):
+        rows = dataset[start : start + 256]
+        texts = [processor.apply_chat_template(messages) for messages in rows["messages"]]
+        ids = processor.tokenizer(texts)["input_ids"]  # with <s>, which the tokenizer adds as in the collator
+        lengths += [len(i) + (image_tokens - 1) * len(images) for i, images in zip(ids, rows["images"])]
+    return lengths
+
+
+def check_lengths(dataset, processor, max_length, policy="error"):
+    """The samples that fit `max_length`. Over-long samples are an error (default) or dropped (`policy="drop"`),
+    never cut: truncation would cut answers or the image tokens themselves."""
+    if policy not in ("error", "drop"):
+        raise ValueError(f"overlong policy must be 'error' or 'drop', got {policy!r}")
+    if max_length is None:
+        return dataset
+    lengths = sequence_lengths(dataset, processor)
+    keep = [position for position, length in enumerate(lengths) if length <= max_length]
+    if len(keep) == len(lengths):
+        return dataset
+    message = (
+        f"{len(lengths) - len(keep)} of {len(lengths)} training sequences are longer than max_length {max_length} "
+        f"(longest {max(lengths)} tokens)"
+    )
+    if policy == "error":
+        raise ValueError(message + "; raise max_length or pass --overlong drop to leave them out")
+    print(message + "; dropping them (--overlong drop)")
+    return dataset.select(keep)
