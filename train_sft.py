@@ -7,7 +7,8 @@ Stage 1, the projector alone on image-caption pairs (LLaVA's pretrain layout: ch
     accelerate launch --config_file configs/accelerate/zero2.yaml train_sft.py --config configs/stage1_cc3m.yaml
 
 Stage 2, LoRA on the query and value projections of both towers plus the whole projector, on FER and CoT
-conversations mixed 0.75:0.25 (the Exp-CoT dataset's record config or its `conversations` view):
+conversations listed as the official code lists them, every record's FER sample 3 times and every CoT once (0.75:0.25
+when every record has a CoT), from the Exp-CoT dataset's record config or its `conversations` view:
 
     accelerate launch --config_file configs/accelerate/zero2.yaml train_sft.py --config configs/stage2_rafdb.yaml
     accelerate launch --config_file configs/accelerate/zero2.yaml train_sft.py --config configs/stage2_affectnet.yaml
@@ -36,7 +37,6 @@ import yaml
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from training.augmentation import FaceAugmentation
-from training.checks import check_images, check_lengths
 from training.collator import ExpLLMCollator
 from training.samples import load_training_samples
 from training.setup import (
@@ -60,7 +60,8 @@ class ScriptArguments(trl.ScriptArguments):
     caption_column: str = field(default="caption", metadata={"help": "Caption column of a datasets caption set."})
     rafdb_root: str | None = field(default=None, metadata={"help": "Your RAF-DB folder (annotation-only rows)."})
     affectnet_root: str | None = field(default=None, metadata={"help": "Your AffectNet folder (annotation-only)."})
-    cot_ratio: float = field(default=0.25, metadata={"help": "Share of CoT samples in the epoch (paper: 0.25)."})
+    fer_repeats: int = field(default=3, metadata={"help": "Times each record's FER sample is in an epoch (paper: 3)."})
+    cot_repeats: int = field(default=1, metadata={"help": "Times each CoT sample is in an epoch (paper: 1)."})
     augment: bool = field(default=True, metadata={"help": "Official augmentations on stage-2 training images."})
     overlong: str = field(default="error", metadata={"help": "Sequences over max_length: 'error' or 'drop'."})
     check_images: bool = field(default=True, metadata={"help": "Open every image before training."})
@@ -90,16 +91,20 @@ def main(script_args, training_args, model_args):
             training_args.report_to = [name for name in training_args.report_to if name != "tensorboard"]
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Model, processor and data
+    # Model, processor and data. The data is read on each machine's main process first: it rebuilds the `datasets`
+    # cache of a local folder, and the other processes then read that cache instead of rebuilding it at the same time.
     model, processor, base = load_model(script_args, model_args, training_args.output_dir)
-    train_dataset = load_training_samples(script_args, script_args.dataset_train_split)
-    if script_args.check_images:
-        check_images(train_dataset, processor)
-    train_dataset = check_lengths(train_dataset, processor, training_args.max_length, script_args.overlong)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = load_training_samples(script_args, script_args.dataset_test_split)
-        eval_dataset = check_lengths(eval_dataset, processor, training_args.max_length, script_args.overlong)
+    with training_args.main_process_first(desc="reading the training data"):
+        fresh = training_args.local_process_index == 0
+
+        def samples(split):
+            return load_training_samples(script_args, split, processor, training_args.max_length, fresh)
+
+        train_dataset = samples(script_args.dataset_train_split)
+        eval_dataset = samples(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+        if training_args.world_size > 1:
+            how = "rebuilt the cache" if fresh else "read the cache the main process built"
+            print(f"process {training_args.process_index}: training data ready ({how})", flush=True)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Training

@@ -329,7 +329,11 @@ def model_index(args, results):
     from huggingface_hub.repocard_data import eval_results_to_model_index
 
     dataset = results["dataset"]
-    dataset_id = args.dataset_id or args.dataset  # a local folder is best named by the Hub id it is published as
+    # A local folder is best named by the Hub id it is published as (--dataset-id); without one, by the folder's name:
+    # a model card never carries a path of the machine the evaluation ran on.
+    dataset_id = args.dataset_id or (
+        os.path.basename(os.path.normpath(args.dataset)) if os.path.isdir(args.dataset) else args.dataset
+    )
     common = {
         "dataset_type": dataset_id,
         "dataset_name": os.path.basename(os.path.normpath(dataset_id)) + (f" ({args.config})" if args.config else ""),

@@ -36,14 +36,19 @@ class Fault:
     """What the server does with one request instead of its normal answer.
 
     It first waits `delay` seconds (on top of the server's latency). Then it sends `body` with `status` and `headers`
-    when `body` is set; otherwise a normal completion whose content is `content`, or the responder's when None.
+    when `body` is set; otherwise a normal completion whose content is `content` (any JSON value: a string, a list of
+    content parts, a number...), or the responder's when None. With `trickle` it sends the response one byte every
+    `trickle` seconds; with `echo_authorization` it answers a 400 whose message quotes the request's Authorization
+    header, as some proxies do.
     """
 
     status: int = 200
     delay: float = 0.0
     headers: tuple = ()
     body: bytes | None = None
-    content: str | None = None
+    content: object = None
+    trickle: float = 0.0
+    echo_authorization: bool = False
 
 
 def _error_body(message, kind):
@@ -74,6 +79,25 @@ def malformed():
 def answer(content):
     """A normal completion with this content instead of the responder's."""
     return Fault(content=content)
+
+
+def quota_exhausted():
+    """OpenAI's 429 for an account without credit: no Retry-After, code insufficient_quota."""
+    body = json.dumps(
+        {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "param": None,
+                   "code": "insufficient_quota"}}
+    ).encode()  # fmt: skip
+    return Fault(429, body=body)
+
+
+def trickling(seconds_per_byte):
+    """A normal answer sent one byte every `seconds_per_byte`: each read is quick, the whole is not."""
+    return Fault(trickle=seconds_per_byte)
+
+
+def echoing_authorization():
+    """A 400 whose error message quotes the request's Authorization header."""
+    return Fault(echo_authorization=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,6 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
         if app.api_key is not None and self.headers.get("Authorization") != f"Bearer {app.api_key}":
             self._send(401, _error_body("incorrect API key", "invalid_request_error"))
             return
+        if fault.echo_authorization:
+            quoted = f"bad request with headers {{'Authorization': '{self.headers.get('Authorization')}'}}"
+            self._send(400, _error_body(quoted, "invalid_request"))
+            return
         if fault.body is not None:
             self._send(fault.status, fault.body, fault.headers)
             return
@@ -190,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
                 app.responder_errors.append(f"{type(error).__name__}: {error}")
                 self._send(400, _error_body(f"the responder could not answer: {error}", "invalid_request_error"))
                 return
-        self._send(200, json.dumps(app.completion(request, content)).encode())
+        self._send(200, json.dumps(app.completion(request, content)).encode(), trickle=fault.trickle)
 
     def do_GET(self):
         # Not part of the OpenAI API: lets a process that started the server as a command read its request count.
@@ -199,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(404, _error_body(f"no route {self.path}", "not_found"))
 
-    def _send(self, status, body, headers=()):
+    def _send(self, status, body, headers=(), trickle=0.0):
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -208,7 +236,13 @@ class _Handler(BaseHTTPRequestHandler):
                     self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if trickle:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle)
+            else:
+                self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up waiting (its time-out): nobody is left to answer
 
@@ -261,7 +295,8 @@ class LocalLLMServer:
     def completion(self, request, content):
         """A chat.completion body as OpenAI sends it."""
         prompt = "".join(str(message.get("content", "")) for message in request["messages"])
-        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(content)
+        answer_text = content if isinstance(content, str) else json.dumps(content)  # a list of parts, a number...
+        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(answer_text)
         return {
             "id": f"chatcmpl-local-{next(self._ids)}",
             "object": "chat.completion",

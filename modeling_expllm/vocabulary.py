@@ -54,7 +54,28 @@ LABEL_SYNONYMS = {
 }
 # fmt: on
 
+# Words an *answer* to the label question may use besides those: common misspellings and everyday words. They are read
+# in answers only (`find_answer_labels`), never in a CoT's statements about a face, where "smiling" is a movement.
+# fmt: off
+ANSWER_WORDS = {
+    "Neutral": ("nuetral", "neutal", "netural", "nutral", "calm", "emotionless", "blank expression", "poker face"),
+    "Happiness": ("hapy", "happpy", "hapyy", "happines", "hapiness", "smiling", "smiling broadly", "grinning",
+                  "beaming", "cheery", "pleased"),
+    "Sadness": ("sadnes", "saddness", "sadnesss", "upset", "crying", "tearful", "gloomy", "heartbroken", "miserable"),
+    "Surprise": ("suprised", "surprized", "suprise", "surpise", "surpised", "supprised", "stunned", "astounded"),
+    "Fear": ("fearfull", "afriad", "scaried", "nervous", "worried", "horrified", "spooked"),
+    "Disgust": ("digust", "discust", "disgustd", "digusted", "grossed out", "gross", "nauseated"),
+    "Anger": ("angy", "angery", "anrgy", "agry", "mad", "pissed", "livid", "annoyed", "fuming"),
+    "Contempt": ("contemp", "contemt", "smug", "condescending", "dismissive", "sneer"),
+}
+# fmt: on
+
 _SYNONYM_TO_LABEL = {word: label for label, words in LABEL_SYNONYMS.items() for word in words}
+_ANSWER_WORD_TO_LABEL = {**{w: label for label, words in ANSWER_WORDS.items() for w in words}, **_SYNONYM_TO_LABEL}
+_ANSWER_WORD_PATTERN = re.compile(
+    r"\b(" + "|".join(re.escape(word) for word in sorted(_ANSWER_WORD_TO_LABEL, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
 # Longest first so that "no emotion" wins over a shorter word inside it.
 _LABEL_WORD_PATTERN = re.compile(
     r"\b(" + "|".join(re.escape(word) for word in sorted(_SYNONYM_TO_LABEL, key=len, reverse=True)) + r")\b",
@@ -81,6 +102,12 @@ def normalize_label(answer):
 def find_labels(text):
     """Every label the text names, in order of appearance, as (label, start, end) triples."""
     return [(_SYNONYM_TO_LABEL[m.group(1).lower()], m.start(), m.end()) for m in _LABEL_WORD_PATTERN.finditer(text)]
+
+
+def find_answer_labels(text):
+    """Like `find_labels`, for an answer to the label question: also its misspellings and everyday words."""
+    pattern, table = _ANSWER_WORD_PATTERN, _ANSWER_WORD_TO_LABEL
+    return [(table[m.group(1).lower()], m.start(), m.end()) for m in pattern.finditer(text)]
 
 
 # -------------------------------------------------------------------------------------------------------------------

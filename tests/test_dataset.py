@@ -8,6 +8,7 @@ layout with its offline writer, and the builder then works from its records as i
 
 import json
 import os
+import re
 import socket
 import warnings
 
@@ -291,6 +292,11 @@ BAD_OFFICIAL_ENTRIES = [
     ({"file_name": "../test_0001_aligned.jpg", "emo": "Anger"}, r"entry 0: file name '../test_0001_aligned.jpg'"),
     ({"file_name": "test_0001_aligned.jpg", "emo": "Anger", "description": ""}, r"field 'description': expected"),
     ({"file_name": "val_class/class002/x.jpg", "emo": "Anger"}, r"is in class002/ but its emotion code is 7"),
+    # A number is no label: RAF-DB's code 1 is Surprise, the canonical index 1 Happiness.
+    ({"file_name": "test_0001_aligned.jpg", "emo": 1}, r"field 'emo': label 1 is not one of .*\(numeric codes"),
+    ({"file_name": "test_0001_aligned.jpg", "emo": "Contempt"}, r"Contempt is not one of RAF-DB's seven labels"),
+    ({"file_name": "test_0001\n_aligned.jpg", "emo": "Anger"}, r"holds a NUL or line-break character"),
+    ({"file_name": "test_0001\x00_aligned.jpg", "emo": "Anger"}, r"holds a NUL or line-break character"),
 ]  # fmt: skip
 
 
@@ -299,6 +305,69 @@ def test_bad_official_entries_are_refused_naming_file_entry_and_field(tmp_path, 
     path = make_official(tmp_path / "annotations.json", [entry])
     with pytest.raises(ValueError, match=message):
         list(OfficialJsonSource(path, dataset="affectnet" if "class" in entry["file_name"] else "rafdb").entries())
+
+
+def test_an_official_file_reports_every_bad_entry_and_its_declared_split(tmp_path):
+    entries = [{"file_name": "train_00001_aligned.jpg", "emo": "Fear"}, {"file_name": "test_0002_aligned.jpg",
+               "emo": "Fear"}, {"file_name": "train_00003_aligned.jpg", "emo": 4}]  # fmt: skip
+    path = make_official(tmp_path / "rafdb_train.json", entries)
+    with pytest.raises(ValueError) as error:
+        list(OfficialJsonSource(path).entries())
+    message = str(error.value)
+    assert "2 bad line(s)" in message
+    assert "entry 1 (test_0002_aligned.jpg): a test image in a train file" in message
+    assert "entry 2 (train_00003_aligned.jpg), field 'emo': label 4" in message
+
+
+def test_a_cot_that_concludes_another_label_is_warned_about(tmp_path):
+    from dataset_builders.exp_cot.sources import ContradictingCotWarning
+
+    sad = format_cot("The inner brows rise and the lip corners drop.", "Together they read as sorrow.",
+                     "The expression is sadness.")  # fmt: skip
+    path = make_official(tmp_path / "a.json", [{"file_name": "test_0001_aligned.jpg", "emo": "Anger",
+                                                "description": sad}])  # fmt: skip
+    with pytest.warns(ContradictingCotWarning, match=r"1 description\(s\) conclude another label .* Sadness"):
+        list(OfficialJsonSource(path).entries())
+
+
+def test_a_build_without_training_cots_says_so_and_train_description_files_are_taken(tmp_path, capsys):
+    from datasets import load_dataset
+
+    sad = format_cot("The inner brows rise and the lip corners drop.", "Together they read as sorrow.",
+                     "The expression is sadness.")  # fmt: skip
+    labels = [{"file_name": f"train_{i:05d}_aligned.jpg", "emo": "Sadness"} for i in range(1, 4)]
+    labels_only, with_cots = tmp_path / "labels_only", tmp_path / "with_cots"
+    labels_only.mkdir()
+    with_cots.mkdir()
+    make_official(labels_only / "rafdb_train.json", labels)
+    build_publish_folder(tmp_path / "out-a", gather_inputs(official=[labels_only]), configs=["rafdb"], progress=False)
+    assert "WARNING: the rafdb train split has 3 records and no CoT" in capsys.readouterr().err
+    card = DatasetCard.load(tmp_path / "out-a" / "README.md")
+    assert card.text.lstrip().splitlines()[2].startswith("> **This copy has no training CoTs.**")
+
+    # Whoever has the official train description files (the test file's format) gets the training CoTs from them.
+    make_official(with_cots / "rafdb_train.json", labels)
+    make_official(with_cots / "rafdb_emo_au_train_mini_description.json",
+                  [{"file_name": f"train_{i:05d}_aligned.jpg", "emo": "Sadness", "au": [0.1] * 24, "description": sad}
+                   for i in range(1, 4)])  # fmt: skip
+    inputs = gather_inputs(official=[with_cots])
+    assert [os.path.basename(i.path) for i in inputs] == ["rafdb_emo_au_train_mini_description.json"]
+    build_publish_folder(tmp_path / "out-b", inputs, configs=["rafdb"], progress=False)
+    assert "no CoT" not in capsys.readouterr().err
+    train = load_dataset(str(tmp_path / "out-b"), "rafdb", split="train")
+    assert all(cot["text"] for cot in train["cot"])
+    assert "This copy has no training CoTs" not in (tmp_path / "out-b" / "README.md").read_text()
+
+
+def test_local_images_never_join_a_name_that_leaves_the_root(tmp_path):
+    from datasets import Dataset
+
+    root = tmp_path / "RAF-DB"
+    (root / "basic" / "Image" / "aligned").mkdir(parents=True)
+    for name in ("../../secret.jpg", "/etc/passwd"):
+        rows = Dataset.from_dict({"image": [None], "source": ["rafdb"], "file_name": [name]})
+        with pytest.raises(ValueError, match="leaves the image root|absolute path"):
+            with_local_images(rows, rafdb=str(root))
 
 
 def test_an_official_file_listing_an_image_twice_is_refused(tmp_path):
@@ -312,10 +381,7 @@ def test_bad_engine_records_are_refused_naming_file_and_line(folders, tmp_path):
     record = json.loads(lines[1])
     for change, message in [
         ({"label": "Boredom"}, r"records.jsonl:2, field 'label': label 'Boredom'"),
-        (
-            {"source": "synthetic"},
-            r"records.jsonl:2: record 'rafdb/train_00002_aligned.jpg' is from source 'synthetic'",
-        ),
+        ({"source": "synthetic"}, rf"records.jsonl:2: record '{re.escape(record['id'])}' is from source 'synthetic'"),
         ({"file_name": "/abs.jpg"}, r"records.jsonl:2: file name '/abs.jpg' is an absolute path"),
         ({"status": "done", "cot": ""}, r"records.jsonl:2: record .* is done but lacks its CoT"),
     ]:
@@ -498,8 +564,23 @@ def test_the_trainer_reads_the_conversations_config(local_build):
     from training.samples import expression_source, mix_fer_and_cot
 
     source, entries = expression_source(load_dataset(str(local_build), "conversations", split="train"))
-    listing = mix_fer_and_cot(entries, cot_ratio=0.25)
-    assert sum(1 for _, kind in listing if kind == "cot") == 12 and len(listing) == 48  # 12 CoT at 0.25
+    listing = mix_fer_and_cot(entries)
+    # The official listing: each of the 21 records' FER sample 3 times, each of the 12 CoTs once.
+    assert sum(1 for _, kind in listing if kind == "cot") == 12 and len(listing) == 21 * 3 + 12
+
+
+def test_the_official_listing_keeps_every_record_whatever_the_cot_coverage():
+    from collections import Counter
+
+    from training.samples import mix_fer_and_cot
+
+    entries = [(index, "fer") for index in range(10)] + [(index, "cot") for index in (1, 4, 7, 8)]
+    listing = mix_fer_and_cot(entries)
+    counts = Counter(listing)
+    assert all(counts[index, "fer"] == 3 for index in range(10))  # every record, not 12 FER samples of some
+    assert all(counts[index, "cot"] == 1 for index in (1, 4, 7, 8)) and len(listing) == 34
+    assert mix_fer_and_cot(entries, cot_repeats=0) == [(index, "fer") for index in range(10)] * 3  # the 1:0 ablation
+    assert Counter(kind for _, kind in mix_fer_and_cot(entries, fer_repeats=0)) == {"cot": 4}  # and 0:1
 
 
 def test_the_card_is_counted_from_the_data(local_build):

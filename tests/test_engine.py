@@ -167,32 +167,40 @@ def test_engine_over_http_records_usage_cost_and_never_the_key(tmp_path, monkeyp
         assert SECRET.encode() not in path.read_bytes(), path
 
 
-def test_faults_during_a_run_are_retried_and_a_malformed_reply_fails_only_its_sample(tmp_path):
+def test_faults_during_a_run_are_retried(tmp_path):
     source = SyntheticSource(4, tmp_path / "faces")
     with llm_server.LocalLLMServer() as server:
         # With one sample at a time the requests come in a fixed order: the first request of the run meets a 429
-        # (Retry-After 1 s), then a 500, then a reply slower than the 0.5 s time-out; the fifth request, the first
-        # sample's Des2Exp, gets a body that is not JSON.
+        # (Retry-After 1 s), then a 500, then a reply slower than the 0.5 s time-out, then a body that is not JSON
+        # (as a cut-off reply is): each is retried, and the fifth attempt is answered.
         server.inject(
             llm_server.rate_limited(1.0),
             llm_server.server_error(500),
             llm_server.slow(2.0),
-            llm_server.Fault(),
             llm_server.malformed(),
         )
         summary = run(source, tmp_path / "run", **http_options(server, concurrency=1, timeout=0.5))
-    records = {record["id"]: record for record in records_of(tmp_path / "run")}
-    first = records["synthetic-0-000000"]
-    assert first["status"] == "failed" and first["reason"] == "malformed_response", first
-    assert "des2exp" in first["message"] and first["description"]  # AU2Des had answered
-    assert [r["status"] for r in records.values()].count("done") == 3
-    assert summary["failed_by_reason"] == {"malformed_response": 1}
+    records = records_of(tmp_path / "run")
+    assert [r["status"] for r in records] == ["done"] * 4 and summary["failed_by_reason"] == {}
     session = summary["this_run"]
-    assert session["retries"] == 3 and session["backend_stats"]["waited_seconds"] >= 1.0
+    assert session["retries"] == 4 and session["backend_stats"]["waited_seconds"] >= 1.0
     assert session["backend_stats"]["errors"] == {
         "RateLimitError": 1, "InternalServerError": 1, "APITimeoutError": 1, "malformed_response": 1,
     }  # fmt: skip
     assert session["seconds"] >= 1.5  # the Retry-After wait and the time-out were sat out
+
+
+def test_a_reply_that_stays_malformed_fails_only_its_sample(tmp_path):
+    source = SyntheticSource(3, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        # The first sample's Des2Exp (the second request) meets a body that is not JSON, and its one retry too.
+        server.inject(llm_server.Fault(), llm_server.malformed(), llm_server.malformed())
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1, max_retries=1))
+    records = {record["id"]: record for record in records_of(tmp_path / "run")}
+    first = records["synthetic-0-000000"]
+    assert first["status"] == "failed" and first["reason"] == "malformed_response", first
+    assert "des2exp" in first["message"] and first["description"]  # AU2Des had answered
+    assert summary["failed_by_reason"] == {"malformed_response": 1} and summary["done"] == 2
 
 
 def test_an_api_that_stays_down_fails_samples_and_retry_failed_redoes_them(tmp_path):
@@ -434,3 +442,224 @@ def test_synthetic_source_renders_at_the_asked_size_and_the_oracle_reads_its_aus
         with Image.open(path) as image:
             assert image.size == (96, 96)
         assert oracle_action_units(path) == [round(value, 4) for value in face.au]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a hostile or unlucky endpoint does to a long paid run (issue 11): it never crashes, hangs, pays twice or leaks
+
+
+def test_content_as_a_list_of_parts_is_read_and_any_other_shape_fails_only_its_sample(tmp_path):
+    playing = llm_server.OfflineWriterResponder()
+
+    def responder(request):
+        return [{"type": "text", "text": playing(request)}]  # what newer endpoints send
+
+    source = SyntheticSource(3, tmp_path / "faces")
+    with llm_server.LocalLLMServer(responder) as server:
+        server.inject(llm_server.answer(42))  # the first sample's AU2Des: a number, not text
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1))
+        assert summary["done"] == 2 and summary["failed_by_reason"] == {"malformed_response": 1}
+        first = next(r for r in records_of(tmp_path / "run") if r["id"] == "synthetic-0-000000")
+        assert "au2des" in first["message"] and "int" in first["message"]
+        server.inject(llm_server.answer([{"type": "mystery", "payload": 1}]))
+        again = run(source, tmp_path / "run", retry_failed=True, **http_options(server, concurrency=1))
+        assert again["failed_by_reason"] == {"malformed_response": 1}  # an unknown part type: the sample, not the run
+        last = run(source, tmp_path / "run", retry_failed=True, **http_options(server, concurrency=1))
+    assert last["done"] == 3
+
+
+def test_a_trickling_answer_meets_the_whole_request_deadline(tmp_path):
+    source = SyntheticSource(2, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        server.inject(llm_server.trickling(0.05))  # about 30 s for the whole body, every byte within 0.05 s
+        started = time.monotonic()
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1, timeout=1.0))
+    assert summary["done"] == 2 and time.monotonic() - started < 15
+    assert summary["this_run"]["backend_stats"]["errors"] == {"APITimeoutError": 1}
+
+
+def test_answers_the_engine_rejects_are_never_cached_so_retry_failed_redoes_them(tmp_path):
+    playing = llm_server.OfflineWriterResponder()
+    prompts = PromptSet.load()
+    spoil = {"on": True}
+
+    def responder(request):
+        process = prompts.match(request["messages"][-1]["content"])[0]
+        face = prompts.match(request["messages"][1]["content"])[1]["au_list"]
+        if spoil["on"] and process == "au2des" and face == format_au_list(prototype_vector("Happiness")):
+            return "I'm sorry, but I can't help with analysing faces."  # a refusal written as text
+        if spoil["on"] and process == "des2exp" and face == format_au_list(prototype_vector("Anger")):
+            return "Honestly it is hard to say; several readings fit."  # a chatty Des2Exp answer
+        return playing(request)
+
+    rows = [(f"face-{label.lower()}", label, prototype_vector(label)) for label in ("Happiness", "Anger", "Fear")]
+    source = GivenAUSource(tmp_path, rows)
+    with llm_server.LocalLLMServer(responder) as server:
+        first = run(source, tmp_path / "run", **http_options(server, concurrency=1))
+        assert first["failed_by_reason"] == {"refusal": 1, "not_a_label": 1}
+        spoil["on"] = False  # the endpoint behaves now: a retry must ask it again rather than replay the cache
+        again = run(source, tmp_path / "run", retry_failed=True, **http_options(server, concurrency=1))
+    assert again["done"] == 3 and again["this_run"]["pairs"] == 2
+    assert again["this_run"]["requests_sent"] > 0
+
+
+def test_an_exhausted_quota_stops_the_run_at_once_and_a_resume_finishes_it(tmp_path, capsys):
+    output = tmp_path / "run"
+    arguments = ["synthetic", "--count", "4", "--output", str(output), "--backend", "openai", "--concurrency", "1",
+                 "--no-progress"]  # fmt: skip
+    with llm_server.LocalLLMServer() as server:
+        options = ["--base-url", server.base_url, "--api-key", SECRET]
+        # The first sample takes three requests (AU2Des, Des2Exp, refinement); the second one's first meets the 429.
+        server.inject(llm_server.Fault(), llm_server.Fault(), llm_server.Fault(), llm_server.quota_exhausted())
+        assert engine_main([*arguments, *options]) == 2
+        assert server.request_count == 4  # not retried: more attempts cannot add credit
+        error = capsys.readouterr().err
+        assert "quota is used up" in error and "left for a resume" in error and SECRET not in error
+        assert [record["status"] for record in records_of(output)] == ["done"]
+        assert engine_main([*arguments, *options]) == 0
+    assert [record["status"] for record in records_of(output)] == ["done"] * 4
+
+
+def test_what_the_server_echoes_never_carries_the_key_into_records_or_the_terminal(tmp_path, capsys):
+    source = SyntheticSource(2, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        server.inject(llm_server.echoing_authorization())
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1))
+    assert summary["failed_by_reason"] == {"api_rejected": 1}
+    failed = next(record for record in records_of(tmp_path / "run") if record["status"] == "failed")
+    assert "Authorization" in failed["message"] and "[redacted]" in failed["message"]
+    printed = capsys.readouterr()
+    for text in (failed["message"], printed.err, printed.out, (tmp_path / "run" / "records.jsonl").read_text()):
+        assert SECRET not in text
+
+
+def test_identical_requests_in_flight_share_one_http_request(tmp_path):
+    face = prototype_vector("Surprise")
+    source = GivenAUSource(tmp_path, [(f"copy-{index:02d}", "Surprise", face) for index in range(16)])
+    with llm_server.LocalLLMServer(latency=0.2) as server:
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=16))
+        sent = server.request_count
+    assert summary["done"] == 16
+    assert sent == 3  # AU2Des, Des2Exp, refinement: once, not 16 times
+    assert summary["this_run"]["backend_stats"]["shared_in_flight"] == 45
+
+
+def test_a_resume_with_other_process_settings_is_refused(tmp_path):
+    source = SyntheticSource(2, tmp_path / "faces")
+    run(source, tmp_path / "run", settings=EngineSettings(max_rounds=5))
+    for settings, message in [
+        (EngineSettings(max_rounds=3), "max_rounds: 5 there, 3 now"),
+        (EngineSettings(reveal_after=1), "reveal_after: 3 there, 1 now"),
+        (EngineSettings(refine_attempts=4), "refine_attempts: 2 there, 4 now"),
+        (EngineSettings(llm_verify=True), "llm_verify: False there, True now"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run(source, tmp_path / "run", settings=settings)
+    run(source, tmp_path / "run", settings=EngineSettings(max_rounds=5))  # the same settings resume
+
+
+def test_a_runaway_answer_is_capped_and_fails_only_its_sample(tmp_path):
+    from dataset_builders.exp_cot.backends import MAX_ANSWER_CHARACTERS
+
+    source = SyntheticSource(2, tmp_path / "faces")
+    with llm_server.LocalLLMServer() as server:
+        server.inject(llm_server.answer("The brows rise. " * (MAX_ANSWER_CHARACTERS // 10)))
+        summary = run(source, tmp_path / "run", **http_options(server, concurrency=1))
+    assert summary["failed_by_reason"] == {"answer_too_long": 1} and summary["done"] == 1
+    failed = next(record for record in records_of(tmp_path / "run") if record["status"] == "failed")
+    assert failed["description"] is None and len(json.dumps(failed)) < 10_000  # nothing of it was stored
+
+
+def test_fifos_and_links_out_of_the_image_root_are_refused_without_opening_them(tmp_path):
+    from dataset_builders.exp_cot.synthetic_faces import sample_face, save_face
+
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    save_face(sample_face(0, "Happiness"), root / "real.png")
+    save_face(sample_face(1, "Anger"), outside / "secret.png")
+    os.mkfifo(root / "pipe.png")  # reading it would block forever
+    os.symlink(outside / "secret.png", root / "link.png")
+    (tmp_path / "labels.txt").write_text("real.png Happiness\npipe.png Anger\nlink.png Anger\n")
+    summary = run(FolderSource(root, tmp_path / "labels.txt"), tmp_path / "run", au_model="oracle")
+    records = {record["file_name"]: record for record in records_of(tmp_path / "run")}
+    assert records["real.png"]["status"] == "done"
+    assert records["pipe.png"]["reason"] == "unreadable" and "not a regular file" in records["pipe.png"]["message"]
+    assert records["link.png"]["reason"] == "unreadable" and "outside the image root" in records["link.png"]["message"]
+    assert summary["skipped_by_reason"] == {"unreadable": 2}
+
+
+def test_label_files_report_every_bad_line_and_name_the_file(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.png Happiness\nb.png grumpy\nc.png\nd.png Anger\nd.png Fear\ne.png 3\n")
+    with pytest.raises(ValueError) as error:
+        list(FolderSource(root, labels).samples())
+    message = str(error.value)
+    assert "4 bad line(s)" in message
+    for fragment in ("labels.txt:2: label 'grumpy'", "labels.txt:3: expected", "labels.txt:5: 'd.png' is listed again "
+                     "(first at", "labels.txt:6: label '3'"):  # fmt: skip
+        assert fragment in message, message
+
+    utf16 = tmp_path / "labels16.txt"
+    utf16.write_text("a.png Happiness\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"labels16.txt: not UTF-8 text"):
+        list(FolderSource(root, utf16).samples())
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("file_name,label,id\na.png,Happiness,x\nb.png,Anger,x\n")
+    with pytest.raises(ValueError, match=r"ids.csv:3: id 'x' is given again \(first at .*ids.csv:2\)"):
+        list(FolderSource(root, ids).samples())
+
+
+def test_a_photo_with_several_faces_says_so_in_its_record(tmp_path):
+    pytest.importorskip("mediapipe")
+    from skimage.data import astronaut
+
+    root = tmp_path / "images"
+    root.mkdir()
+    face = Image.fromarray(astronaut()).crop((120, 0, 320, 220)).resize((200, 220))
+    group = Image.new("RGB", (640, 260), (235, 235, 235))
+    for left in (10, 220, 430):
+        group.paste(face, (left, 20))
+    group.save(root / "group.png")
+    (tmp_path / "labels.txt").write_text("group.png Happiness\n")
+    run(FolderSource(root, tmp_path / "labels.txt"), tmp_path / "run")
+    (record,) = records_of(tmp_path / "run")
+    assert "3 faces found, kept the largest" in record["message"], record["message"]
+
+
+def test_img2au_workers_die_with_a_killed_run(tmp_path):
+    pytest.importorskip("mediapipe")
+    import psutil
+    from skimage.data import astronaut
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = Image.fromarray(astronaut()).resize((256, 256))
+    lines = []
+    for index in range(400):
+        photo.save(root / f"{index:03d}.jpg", quality=85)
+        lines.append(f"{index:03d}.jpg Happiness")
+    (tmp_path / "labels.txt").write_text("\n".join(lines) + "\n")
+    labels, output = str(tmp_path / "labels.txt"), str(tmp_path / "run")
+    command = [sys.executable, "-m", "dataset_builders.exp_cot", "folder", str(root), "--labels", labels,
+               "--output", output, "--workers", "2", "--no-progress"]  # fmt: skip
+    run_process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(run_process.pid)
+        deadline = time.monotonic() + 60
+        workers = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = [child for child in parent.children() if "python" in child.name().lower()]
+            time.sleep(0.1)
+        assert len(workers) >= 2, "the Img2AU workers did not start"
+        time.sleep(1.0)  # the workers are busy with images now
+        run_process.send_signal(signal.SIGKILL)
+        run_process.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"{len(alive)} Img2AU workers outlived the killed run"
+    finally:
+        if run_process.poll() is None:
+            run_process.kill()

@@ -71,17 +71,19 @@ def test_a_cot_scored_against_itself_gets_full_marks(exp_cot_score):
     assert [sample["exp_cot_score"] for sample in results["per_sample"]] == [1.0] * len(cots)
     assert results["exp_cot_score"] == 1.0 and results["num_judged"] == len(cots)
     assert results["key_observations"] == results["overall_interpretation"] == results["conclusion"] == 5.0
-    assert results["judge"] == "lexicon-v1" and results["failed"] == []
+    assert results["judge"] == "lexicon-v2" and results["failed"] == []
     labels = [sample["predicted_label"] for sample in results["per_sample"]]
     assert labels == [face.label for face in faces] + ["Anger"]
 
 
-def test_same_action_units_with_another_label_lose_exactly_the_conclusion(exp_cot_score):
+def test_same_action_units_with_another_label_lose_the_conclusion_and_half_the_interpretation(exp_cot_score):
+    """The Interpretation argues for anger and the Conclusion says sadness: C is lost, and O keeps half, since an
+    Interpretation that does not explain its own Conclusion is not the one the reference gives."""
     relabelled = format_cot(ANGER_OBSERVATIONS, ANGER_INTERPRETATION, "The expression is sadness.")
     results = exp_cot_score.compute(predictions=[relabelled, ANGER], references=[ANGER, ANGER])
-    assert scores_of(results, 0) == (5.0, 5.0, 0.0)
+    assert scores_of(results, 0) == (5.0, 2.5, 0.0)
     assert results["per_sample"][0]["exp_cot_score"] == pytest.approx(
-        results["per_sample"][1]["exp_cot_score"] - 5 / 15
+        results["per_sample"][1]["exp_cot_score"] - 7.5 / 15
     )
     assert results["per_sample"][0]["predicted_label"] == "Sadness"
     assert results["per_sample"][0]["reference_label"] == "Anger"
@@ -140,14 +142,15 @@ def test_key_observations_give_partial_credit_for_side_and_degree(exp_cot_score)
 
 
 def test_interpretation_compares_dominant_and_secondary_emotions(exp_cot_score):
-    def cot(interpretation):
-        return format_cot(ANGER_OBSERVATIONS, interpretation, "The expression is anger.")
+    def cot(interpretation, conclusion="The expression is anger."):
+        return format_cot(ANGER_OBSERVATIONS, interpretation, conclusion)
 
     reference = cot("The lowered brows point to anger.")
     candidates = [
         cot("The lowered brows point to anger."),
         cot("The lowered brows point to anger, with a hint of sadness."),  # the same dominant, an extra secondary
-        cot("The lowered brows point to sadness, with a hint of anger."),  # anger only secondary, sadness extra
+        # anger only secondary, sadness extra (concluded as sadness, so the Interpretation explains its Conclusion)
+        cot("The lowered brows point to sadness, with a hint of anger.", "The expression is sadness."),
         cot("The lowered brows point to fear."),
         cot("The lowered brows show no anger at all; the face reads as fear."),  # a denied emotion counts nothing
     ]
@@ -155,6 +158,16 @@ def test_interpretation_compares_dominant_and_secondary_emotions(exp_cot_score):
     o = [sample["overall_interpretation"] for sample in results["per_sample"]]
     # Weighted Jaccard: shared weight over the union's (dominant 1, secondary 0.5).
     assert o == pytest.approx([5.0, 5 * 1 / 1.5, 5 * 0.5 / 2, 0.0, 0.0])
+
+
+def test_a_reference_scores_one_against_itself_with_or_without_its_action_units(exp_cot_score):
+    unsaid = format_cot("The left brow is lowered and the lips press.", "This points to anger.",
+                        "The expression is anger.")  # fmt: skip
+    au = [0.0] * 24
+    au[4], au[15], au[16] = 0.6, 0.3, 0.3
+    for options in ({}, {"reference_au": [au]}, {"reference_au": [au], "reference_labels": ["Anger"]}):
+        results = exp_cot_score.compute(predictions=[unsaid], references=[unsaid], **options)
+        assert results["per_sample"][0]["exp_cot_score"] == 1.0, options
 
 
 def test_reference_facts_refine_the_lexicon_judge(exp_cot_score):
@@ -288,7 +301,7 @@ def test_a_reply_that_breaks_the_format_is_corrected_then_reported_never_guessed
 def test_openai_judge_zeroes_missing_sections_and_reports_broken_responses(exp_cot_score, judge_options):
     no_conclusion = format_cot(ANGER_OBSERVATIONS, ANGER_INTERPRETATION, "x").rsplit("\n\n", 1)[0]
     with llm_server.LocalLLMServer(responder=lambda request: judgement(5, 5, 5)) as server:
-        server.inject(llm_server.malformed())
+        server.inject(llm_server.Fault(body=b'{"object": "nothing"}'))  # JSON, but no completion: not retried
         results = exp_cot_score.compute(
             predictions=[ANGER, no_conclusion],
             references=[ANGER, ANGER],

@@ -88,6 +88,27 @@ def test_free_text_and_whole_cots_are_read_by_their_conclusion(fer_accuracy):
     assert results["accuracy"] == pytest.approx(1 / 3) and results["unparseable_indices"] == [1, 2]
 
 
+def test_negations_final_answers_misspellings_and_everyday_words(fer_accuracy):
+    answers = {
+        "Happy? No.": None,  # ruled out, and nothing else named
+        "She is happy? Not really - she is sad.": "Sadness",
+        "Anger? No, disgust.": "Disgust",
+        "I'd rule out anger. Final: sadness": "Sadness",
+        "She does not look happy at all; she seems angry.": "Anger",
+        "Fearful, or rather surprised.": "Surprise",
+        "hapy": "Happiness",
+        "suprised": "Surprise",
+        "mad": "Anger",
+        "upset": "Sadness",
+        "smiling broadly": "Happiness",
+        "Happy or sad, hard to say.": None,  # still no winner
+        "It is a face.": None,  # still nothing
+    }
+    results = fer_accuracy.compute(predictions=list(answers), references=["Neutral"] * len(answers))
+    assert results["parsed_predictions"] == list(answers.values())
+    assert results["unparseable"] == 3
+
+
 def test_label_ids_on_either_side(fer_accuracy):
     results = fer_accuracy.compute(predictions=[0, 1, 7, 9], references=["Neutral", "Happiness", "Anger", "Fear"])
     assert results["parsed_predictions"] == ["Neutral", "Happiness", "Contempt", None]  # 9 is no label id

@@ -24,9 +24,13 @@ REQUEST = LLMRequest("des2exp", MESSAGES, Facts([0.0] * 24))
 
 
 def complete(backend, request=REQUEST):
+    """One call, its reply accepted (and so cached) as a process that can use it would."""
+
     async def call():
         try:
-            return await backend.complete(request)
+            reply = await backend.complete(request)
+            backend.keep(reply)
+            return reply
         finally:
             await backend.aclose()
 
@@ -85,13 +89,20 @@ def test_retries_run_out_as_api_unavailable(server):
     assert server.request_count == 3
 
 
-def test_malformed_body_and_non_completion_json_fail_the_call(server):
-    server.inject(llm_server.malformed(), llm_server.Fault(body=b'{"object": "nothing"}'))
-    for _ in range(2):
-        with pytest.raises(LLMCallFailed) as failure:
-            complete(backend_for(server))
-        assert failure.value.reason == "malformed_response"
-    assert server.request_count == 2  # not retried: the same server would say the same
+def test_a_malformed_body_is_retried_and_non_completion_json_fails_the_call(server):
+    # A body that is not JSON (cut off, or garbage) is retried like a dropped connection ...
+    server.inject(llm_server.malformed())
+    assert complete(backend_for(server)).text == "Happiness" and server.request_count == 2
+    server.inject(llm_server.malformed(), llm_server.malformed())
+    with pytest.raises(LLMCallFailed) as failure:
+        complete(backend_for(server, max_retries=1))
+    assert failure.value.reason == "malformed_response" and "after 2 attempts" in failure.value.message
+    # ... while well-formed JSON that is no completion is not: the same server would say the same.
+    count = server.request_count
+    server.inject(llm_server.Fault(body=b'{"object": "nothing"}'))
+    with pytest.raises(LLMCallFailed) as failure:
+        complete(backend_for(server))
+    assert failure.value.reason == "malformed_response" and server.request_count == count + 1
 
 
 def test_a_responder_error_is_a_rejected_request_not_a_crash():

@@ -161,7 +161,7 @@ def test_probabilities_seven_labels_and_label_first_cots(model_folder, dataset_f
     torch.testing.assert_close(torch.tensor(got), expected.probabilities[0], atol=1e-4, rtol=0)
 
     cot = results["exp_cot"]
-    assert cot["judge"] == "lexicon-v1" and results["settings"]["judge"] == "lexicon-v1"
+    assert cot["judge"] == "lexicon-v2" and results["settings"]["judge"] == "lexicon-v2"
     assert cot["num_samples"] == 13 and cot["records_without_reference"] == 1  # face 3 has no reference CoT
     assert 0.0 <= cot["exp_cot_score"] <= 1.0 and 0.0 <= cot["label_accuracy_in_cot_conversation"] <= 1.0
     assert "cot" not in samples[3] and isinstance(samples[0]["cot"]["generated"], str)
@@ -173,7 +173,9 @@ def test_probabilities_seven_labels_and_label_first_cots(model_folder, dataset_f
     assert index == results["model_index"] and index[0]["name"] == "expllm-tiny"
     fer_entry, cot_entry = index[0]["results"]
     assert fer_entry["task"]["type"] == "image-classification"
-    assert fer_entry["dataset"] == {"name": "expllm-synthetic (synthetic)", "type": folder, "config": "synthetic",
+    # Named by the folder's name, never by a path of the machine the evaluation ran on.
+    assert fer_entry["dataset"] == {"name": "expllm-synthetic (synthetic)", "type": "expllm-synthetic",
+                                    "config": "synthetic",
                                     "split": "test", "revision": results["dataset"]["revision"]}  # fmt: skip
     accuracy = next(metric for metric in fer_entry["metrics"] if metric["type"] == "accuracy")
     assert accuracy["value"] == round(100 * fer["accuracy"], 2)

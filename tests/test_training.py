@@ -16,7 +16,7 @@ TRAIN = [sys.executable, os.path.join(REPO_ROOT, "train_sft.py"), "--config", "c
 QUIET = ["--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true"]
 
 
-def run_train(*args, launcher=None, expect_failure=False, timeout=600):
+def run_train(*args, launcher=None, expect_failure=False, timeout=600, with_stderr=False):
     command = (launcher or []) + (TRAIN[1:] if launcher else TRAIN) + QUIET + list(args)
     env = {**os.environ, "OMP_NUM_THREADS": "2", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
@@ -24,7 +24,7 @@ def run_train(*args, launcher=None, expect_failure=False, timeout=600):
         assert result.returncode != 0, "training should have failed"
         return result.stderr
     assert result.returncode == 0, f"training failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result.stdout
+    return (result.stdout, result.stderr) if with_stderr else result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +168,41 @@ def test_optional_eval_split(workspace, stage1, tmp_path):
     assert evaluated == [1, 2]
 
 
+def test_training_without_cots_warns_and_long_samples_are_counted_per_kind(workspace, stage1, tmp_path):
+    from datasets import load_dataset
+
+    no_cots = tmp_path / "no_cots"
+    records = load_dataset(workspace["dataset"], split="train").remove_columns("cot")
+    no_cots.mkdir()
+    records.to_parquet(str(no_cots / "train.parquet"))
+    _, errors = run_train(
+        *stage2_args(workspace, stage1, str(tmp_path / "a"), "--dataset_name", str(no_cots), "--max_steps", "1"),
+        with_stderr=True,
+    )
+    assert "no CoT sample: stage 2 trains on labels alone" in errors
+
+    # CoT conversations are long, FER ones short: a limit between them drops every CoT, and says so by kind.
+    log = run_train(*stage2_args(workspace, stage1, str(tmp_path / "b"), "--max_length", "120", "--overlong", "drop",
+                                 "--max_steps", "1"))  # fmt: skip
+    assert "training sequences are longer than max_length 120" in log and "by kind: cot 24 of 24, fer 0 of 24" in log
+    assert "WARNING: --overlong drop removes every cot sample" in log
+
+
+def test_max_train_samples_counts_records_in_the_conversations_view(workspace):
+    from datasets import Dataset, load_dataset
+
+    from training.samples import expression_source, first_records
+
+    records = load_dataset(workspace["dataset"], split="train")
+    # The conversations view: a FER row and a CoT row per record, each naming its record's id.
+    rows = [{"id": record_id, "kind": kind, "images": [None], "messages": []}
+            for record_id in records["id"] for kind in ("fer", "cot")]  # fmt: skip
+    source, entries = expression_source(Dataset.from_list(rows))
+    kept = first_records(source, entries, 5)
+    assert len({source["id"][index] for index, _ in kept}) == 5
+    assert sorted(kind for _, kind in kept) == ["cot"] * 5 + ["fer"] * 5  # both samples of each of the 5 records
+
+
 def logged_losses(output):
     with open(os.path.join(output, "trainer_state.json")) as file:
         return {entry["step"]: entry["loss"] for entry in json.load(file)["log_history"] if "loss" in entry}
@@ -196,9 +231,15 @@ def test_deepspeed_zero2_on_cpu(workspace, stage1, processes):
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/zero2.yaml",
         "--num_processes", str(processes), "--main_process_port", str(29600 + processes),
     ]  # fmt: skip
-    log = run_train(*stage2_args(workspace, stage1, output, "--max_steps", "2", "--merge_lora"), launcher=launcher)
+    arguments = stage2_args(workspace, stage1, output, "--max_steps", "2", "--merge_lora")
+    log = run_train(*arguments, launcher=launcher)
     assert f"DeepSpeed ZeRO stage 2 on {processes} process" in log
     check_stage2_output(stage1, output)
+    if processes == 2:
+        # The main process rebuilds the dataset's cache; the other one waits for it, then reads that cache (two
+        # processes rebuilding one cache at the same time is the start-up race this prevents).
+        main, other = "process 0: training data ready (rebuilt", "process 1: training data ready (read the cache"
+        assert main in log and other in log and log.index(main) < log.index(other)
 
 
 def test_collator_puts_loss_on_the_answers_only(workspace, stage1):

@@ -1,5 +1,7 @@
 """Checks `train_sft.py` runs before any compute: every image opens, and every sequence fits `max_length`."""
 
+from collections import Counter
+
 from tqdm.auto import tqdm
 
 
@@ -39,22 +41,29 @@ def sequence_lengths(dataset, processor):
     return lengths
 
 
-def check_lengths(dataset, processor, max_length, policy="error"):
-    """The samples that fit `max_length`. Over-long samples are an error (default) or dropped (`policy="drop"`),
-    never cut: truncation would cut answers or the image tokens themselves."""
+def fitting_entries(dataset, entries, processor, max_length, policy="error"):
+    """The entries (one per row of `dataset`) whose sequences fit `max_length`. Over-long ones are an error (default)
+    or dropped (`policy="drop"`), never cut: truncation would cut answers or the image tokens themselves. The count is
+    given per kind, and dropping every sample of a kind is said loudly."""
     if policy not in ("error", "drop"):
         raise ValueError(f"overlong policy must be 'error' or 'drop', got {policy!r}")
     if max_length is None:
-        return dataset
+        return entries
     lengths = sequence_lengths(dataset, processor)
-    keep = [position for position, length in enumerate(lengths) if length <= max_length]
-    if len(keep) == len(lengths):
-        return dataset
+    keep = [entry for entry, length in zip(entries, lengths) if length <= max_length]
+    if len(keep) == len(entries):
+        return entries
+    kinds = Counter(kind for _, kind in entries)
+    over = Counter(kind for (_, kind), length in zip(entries, lengths) if length > max_length)
+    by_kind = ", ".join(f"{kind} {over[kind]} of {kinds[kind]}" for kind in sorted(kinds))
     message = (
-        f"{len(lengths) - len(keep)} of {len(lengths)} training sequences are longer than max_length {max_length} "
-        f"(longest {max(lengths)} tokens)"
+        f"{len(entries) - len(keep)} of {len(entries)} training sequences are longer than max_length {max_length} "
+        f"(longest {max(lengths)} tokens; by kind: {by_kind})"
     )
     if policy == "error":
         raise ValueError(message + "; raise max_length or pass --overlong drop to leave them out")
     print(message + "; dropping them (--overlong drop)")
-    return dataset.select(keep)
+    for kind in sorted(kinds):
+        if over[kind] == kinds[kind]:
+            print(f"WARNING: --overlong drop removes every {kind} sample: raise max_length to keep them")
+    return keep

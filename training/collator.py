@@ -44,7 +44,7 @@ class ExpLLMCollator:
         if self.max_length is not None and batch["input_ids"].shape[1] > self.max_length:
             raise ValueError(
                 f"a batch is {batch['input_ids'].shape[1]} tokens long, over max_length {self.max_length}; "
-                "check_lengths should have caught this before training"
+                "the length check before training (training.checks.fitting_entries) should have caught this"
             )
         labels = batch["input_ids"].masked_fill(batch.pop("assistant_masks") == 0, -100)
         pixel_values = batch["pixel_values"]

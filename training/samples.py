@@ -11,12 +11,14 @@ the image is anything `ExpLLMImageProcessor.load_image` reads (PIL image, path, 
 
 import json
 import os
+import warnings
 
-import numpy as np
 from datasets import Dataset
 
 from dataset_builders.exp_cot_dataset import load_exp_cot, with_local_images
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages
+
+from .checks import check_images, fitting_entries
 
 # The instruction of a stage-1 caption sample when the source gives none (LLaVA's layout brings its own).
 CAPTION_QUESTION = "Describe this face briefly."
@@ -72,27 +74,47 @@ def expression_source(dataset):
     return dataset, entries
 
 
-def mix_fer_and_cot(entries, cot_ratio=0.25, seed=0):
-    """The epoch listing: every CoT sample once and FER samples cycled so that CoT makes up `cot_ratio` of it.
+class NoCotWarning(UserWarning):
+    """Stage 2 was asked for CoT samples and the training data has none: it trains on labels alone."""
 
-    With one CoT per record and the default 0.25 this is the official listing, the FER set three times and the CoT set
-    once. Without CoT samples (or with `cot_ratio` 0) it is the other samples once; with `cot_ratio` 1, CoT only.
-    """
-    if not 0.0 <= cot_ratio <= 1.0:
-        raise ValueError(f"cot_ratio must be in [0, 1], got {cot_ratio}")
+
+def mix_fer_and_cot(entries, fer_repeats=3, cot_repeats=1):
+    """The epoch listing, as the official one: every record's FER sample `fer_repeats` times and every CoT sample
+    `cot_repeats` times (the paper's 3 and 1: CoT is 0.25 of the samples when every record has a CoT; with fewer CoTs
+    the share follows from the data, and every record still gets its FER samples). Other kinds appear once.
+    `fer_repeats=0` or `cot_repeats=0` are the paper's 0:1 and 1:0 ablations."""
+    for name, value in (("fer_repeats", fer_repeats), ("cot_repeats", cot_repeats)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     cot = [entry for entry in entries if entry[1] == "cot"]
-    other = [entry for entry in entries if entry[1] != "cot"]
-    if not cot or cot_ratio == 0.0:
-        listing = other
-    elif cot_ratio == 1.0 or not other:
-        listing = cot
-    else:
-        other_count = round(len(cot) * (1.0 - cot_ratio) / cot_ratio)
-        order = np.random.default_rng(seed).permutation(len(other))
-        listing = [other[order[i % len(other)]] for i in range(other_count)] + cot
+    fer = [entry for entry in entries if entry[1] == "fer"]
+    other = [entry for entry in entries if entry[1] not in ("fer", "cot")]
+    if cot_repeats and not cot:
+        warnings.warn(
+            f"the training data has {len(fer):,} FER samples and no CoT sample: stage 2 trains on labels alone, "
+            f"whatever --cot_repeats {cot_repeats} asks for (build the dataset with CoTs: engine runs or the official "
+            "*_mini_description.json train files)",
+            NoCotWarning,
+            2,
+        )
+    listing = fer * fer_repeats + cot * cot_repeats + other
     if not listing:
         raise ValueError("the training data has no samples")
     return listing
+
+
+def first_records(source, entries, count):
+    """The entries of the first `count` records (images), all of their samples kept: a record config's rows are
+    records; a conversations view's rows are samples, grouped by their record `id`."""
+    if count is None:
+        return entries
+    keys = source["id"] if "messages" in source.column_names and "id" in source.column_names else None
+    chosen = {}
+    for index, _ in entries:
+        record = index if keys is None else keys[index]
+        if record not in chosen and len(chosen) < count:
+            chosen[record] = True
+    return [entry for entry in entries if (entry[0] if keys is None else keys[entry[0]]) in chosen]
 
 
 def training_dataset(source, listing):
@@ -134,28 +156,35 @@ def label_name(label, feature, record_id):
     return name
 
 
-def load_training_samples(script_args, split, seed=0):
-    """The samples of one epoch of `split` (rows and listing), as a `datasets.Dataset` read lazily: captions for
-    stage 1, FER and CoT samples mixed `script_args.cot_ratio` for stage 2."""
+def read_source(script_args, split, fresh=True):
+    """(source, entries) of one split: captions for stage 1, FER and CoT samples for stage 2, not yet mixed. `fresh`:
+    rebuild the `datasets` cache of a local folder (one process of a launch does; the others read what it built)."""
     if script_args.dataset_name is None:
         raise ValueError("give --dataset_name")
     if script_args.dataset_name.endswith(".json"):
         if split != script_args.dataset_train_split:
             raise ValueError("a LLaVA chat.json has no test split: evaluate stage 1 on a dataset folder or Hub id")
         folder = script_args.image_folder or os.path.dirname(script_args.dataset_name)
-        source, entries = llava_pretrain_source(script_args.dataset_name, folder)
-    else:
-        dataset = load_exp_cot(script_args.dataset_name, script_args.dataset_config, split=split)
-        if script_args.rafdb_root or script_args.affectnet_root:
-            # The published RAF-DB / AffectNet rows carry no images (they may not be redistributed): join your copies.
-            dataset = with_local_images(dataset, rafdb=script_args.rafdb_root, affectnet=script_args.affectnet_root)
-        if script_args.stage == 1:
-            source, entries = caption_source(dataset, caption_column=script_args.caption_column)
-        else:
-            source, entries = expression_source(dataset)
-    if script_args.max_train_samples is not None:
-        # Records, not listing entries: cutting the mixed listing would keep FER samples and drop every CoT one.
-        entries = [entry for entry in entries if entry[0] < script_args.max_train_samples]
+        return llava_pretrain_source(script_args.dataset_name, folder)
+    options = {} if fresh else {"download_mode": "reuse_dataset_if_exists"}
+    dataset = load_exp_cot(script_args.dataset_name, script_args.dataset_config, split=split, **options)
+    if script_args.rafdb_root or script_args.affectnet_root:
+        # The published RAF-DB / AffectNet rows carry no images (they may not be redistributed): join your copies.
+        dataset = with_local_images(dataset, rafdb=script_args.rafdb_root, affectnet=script_args.affectnet_root)
+    if script_args.stage == 1:
+        return caption_source(dataset, caption_column=script_args.caption_column)
+    return expression_source(dataset)
+
+
+def load_training_samples(script_args, split, processor, max_length, fresh=True):
+    """The samples of one epoch of `split` as a `datasets.Dataset` read lazily, checked before any compute: the
+    first `max_train_samples` records, every image readable, every sequence within `max_length` (checked per kind,
+    before the FER and CoT samples are mixed), then mixed for stage 2."""
+    source, entries = read_source(script_args, split, fresh)
+    entries = first_records(source, entries, script_args.max_train_samples)
+    if script_args.check_images:
+        check_images(training_dataset(source, entries), processor)
+    entries = fitting_entries(training_dataset(source, entries), entries, processor, max_length, script_args.overlong)
     if script_args.stage == 2:
-        entries = mix_fer_and_cot(entries, script_args.cot_ratio, seed=seed)
+        entries = mix_fer_and_cot(entries, script_args.fer_repeats, script_args.cot_repeats)
     return training_dataset(source, entries)

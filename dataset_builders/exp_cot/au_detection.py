@@ -14,12 +14,15 @@ files in worker processes; the command line writes one JSON line per image and r
 """
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import multiprocessing
 import multiprocessing.util
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -411,8 +414,26 @@ def list_images(folder):
 _worker_detector = None  # one detector per worker process, built once by _start_worker
 
 
-def _start_worker(detector, model_path):
+def _die_with_parent(parent_pid):
+    """End this worker when the process that started it ends, even by SIGKILL (which runs no clean-up there): on Linux
+    the kernel's parent-death signal; everywhere a thread that notices the worker has been handed to another parent."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start_worker(detector, model_path, parent_pid):
     global _worker_detector
+    _die_with_parent(parent_pid)
     _worker_detector = build_detector(detector, model_path)
     # Close the native landmarker when the worker exits; workers leave through os._exit, which runs no atexit hooks.
     multiprocessing.util.Finalize(_worker_detector, _worker_detector.close, exitpriority=10)
@@ -432,7 +453,9 @@ def _detect_in_processes(paths, detector, workers, model_path):
     """(path, AUResult) pairs from `workers` processes, in order of completion."""
     # "spawn": a forked child would inherit whatever native threads the parent holds (torch, a landmarker).
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(workers, context, initializer=_start_worker, initargs=(detector, model_path))
+    executor = ProcessPoolExecutor(
+        workers, context, initializer=_start_worker, initargs=(detector, model_path, os.getpid())
+    )
     pending = set()
     try:
         for path in paths:

@@ -103,7 +103,9 @@ def _zero_missing(scores, missing):
 # ---------------------------------------------------------------------------------------------------------------------
 # The lexicon judge
 
-LEXICON_JUDGE_ID = "lexicon-v1"
+# v2: a reference scores 1.0 against itself with reference_au given; an Interpretation that argues for another
+# emotion than its own Conclusion loses half of O.
+LEXICON_JUDGE_ID = "lexicon-v2"
 
 # K counts a strongly acting unit more than a slight one: it is what a reader of the face notices first, and it is
 # what the AU vectors' cosine similarity is made of. A unit named without a degree word sits between mild and moderate.
@@ -115,6 +117,11 @@ OTHER_SIDE_CREDIT = 0.5  # the right movement on the other side of the face
 DEGREE_STEP_PENALTY = 0.25  # per band between the two degrees ("slight" vs "strong": three bands, credit 0.25)
 UNSTATED_DEGREE_CREDIT = 0.75  # one text states a degree, the other does not
 EMOTION_ROLE_WEIGHTS = {"dominant": 1.0, "secondary": 0.5}  # denied emotions count for nothing
+# The paper's O grades the Interpretation's AU combinations and "the dominant emotion"; the Format Refinement asks the
+# Conclusion to state the final label. A generated Interpretation whose dominant emotion is not the one its own
+# Conclusion states does not explain that conclusion: where the reference's does, it keeps this share of its agreement
+# with the reference. (A reference that contradicts itself sets no such standard, and scores 1 against itself.)
+CONTRADICTED_INTERPRETATION_CREDIT = 0.5
 
 
 def _other_side_units():
@@ -140,11 +147,20 @@ def described_units(text):
     return units
 
 
-def with_intensity_degrees(units, au):
-    """`units` where a unit described without a degree word takes the band of its intensity in the AU vector `au`."""
+def with_intensity_degrees(units, au, only=None):
+    """`units` where a unit described without a degree word takes the band of its intensity in the AU vector `au`
+    (with `only`, just the units in it)."""
     return {
-        index: degree_of(au[index]) if degree is None and au[index] > 0 else degree for index, degree in units.items()
+        index: degree_of(au[index]) if degree is None and au[index] > 0 and (only is None or index in only) else degree
+        for index, degree in units.items()
     }
+
+
+def supports_its_conclusion(emotions, label):
+    """Whether an Interpretation's emotion profile argues for `label`: it names no dominant emotion, or `label` is one
+    of its dominant ones."""
+    dominant = {emotion for emotion, weight in emotions.items() if weight >= EMOTION_ROLE_WEIGHTS["dominant"]}
+    return not dominant or label is None or label in dominant
 
 
 def _degree_credit(a, b):
@@ -226,9 +242,12 @@ def read_cot(text):
 class LexiconJudge:
     """The deterministic judge. `score(generated, reference, reference_au=None, reference_label=None)`.
 
-    reference_au: the face's 24 AU intensities; a unit the reference describes without a degree word then takes the
-    band of its intensity, so the generated text's degree is checked against the facts. reference_label: the true
-    label; the Conclusion point then compares with it instead of with the label read from the reference text.
+    reference_au: the face's 24 AU intensities; a unit the reference describes without a degree word, and the
+    generated text with one, then takes the band of its intensity, so the generated degree is checked against the
+    facts (a text scored against itself still scores 1). reference_label: the true label; the Conclusion point then
+    compares with it instead of with the label read from the reference text. O: the emotion agreement of the two
+    Interpretations, times CONTRADICTED_INTERPRETATION_CREDIT when the generated Interpretation's dominant emotion is
+    not what its own Conclusion says while the reference's is.
     """
 
     id = LEXICON_JUDGE_ID
@@ -238,13 +257,20 @@ class LexiconJudge:
         reference = read_cot(_check_text(reference, "the reference CoT"))
         reference_units = reference.units
         if reference_au is not None:
-            reference_units = with_intensity_degrees(reference_units, check_au_vector(reference_au, "reference_au"))
+            stated = {index for index, degree in generated.units.items() if degree is not None}
+            au = check_au_vector(reference_au, "reference_au")
+            reference_units = with_intensity_degrees(reference_units, au, only=stated)
         if reference_label is None:
             reference_label = reference.label
         same_label = generated.label is not None and generated.label == reference_label
+        interpretation = interpretation_agreement(generated.emotions, reference.emotions)
+        if not supports_its_conclusion(generated.emotions, generated.label) and supports_its_conclusion(
+            reference.emotions, reference.label
+        ):
+            interpretation *= CONTRADICTED_INTERPRETATION_CREDIT
         scores = {
             "key_observations": PART_MAXIMUM * key_observation_agreement(generated.units, reference_units),
-            "overall_interpretation": PART_MAXIMUM * interpretation_agreement(generated.emotions, reference.emotions),
+            "overall_interpretation": PART_MAXIMUM * interpretation,
             "conclusion": float(CONCLUSION_POINTS) if same_label else 0.0,
         }
         scores = _zero_missing(scores, set(generated.missing) | set(reference.missing))
@@ -481,6 +507,7 @@ class OpenAIJudge:
                     self.prompts.correction_message(str(problem)),
                 ]
                 continue
+            backend.keep(reply)  # only a judgement that parses is worth keeping for a later run
             return CotScore(**_zero_missing(grades, missing), **read)
         attempts = self.format_retries + 1
         return CotScore(

@@ -14,6 +14,7 @@ Anything that goes wrong with one sample's answers (empty, refused, cut off, not
 right, an API that stays unavailable) ends as a "failed" record with its reason: the run goes on.
 """
 
+import asyncio
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -91,6 +92,15 @@ def checked_answer(process, reply):
     return text
 
 
+async def cpu_work(backend, function, *args):
+    """`function(*args)`, off the event loop when the backend has requests in flight that must keep moving while a long
+    text is verified. With the offline writer every step is CPU work on this one thread anyway, and running in place
+    keeps its runs deterministic, record order included."""
+    if backend.waits_on_network:
+        return await asyncio.to_thread(function, *args)
+    return function(*args)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # One sample's conversation with the LLM
 
@@ -105,7 +115,10 @@ class Chat:
         self.cost_usd = 0.0
         self.asked = Counter()  # prompts sent, by process
 
-    async def ask(self, process, content, facts):
+    async def ask(self, process, content, facts, accept=None):
+        """The answer's text. The backend caches it only once the process accepts it: when `accept` (an async check of
+        the text) says True, or with no check as soon as it is a usable answer; a rejected answer is asked afresh by
+        a later run (`--retry-failed`) instead of coming back from the cache."""
         self.messages.append({"role": "user", "content": content})
         self.asked[process] += 1
         try:
@@ -119,6 +132,8 @@ class Chat:
         self.cost_usd = None if self.cost_usd is None or reply.cost_usd is None else self.cost_usd + reply.cost_usd
         text = checked_answer(process, reply)
         self.messages.append({"role": "assistant", "content": text})
+        if accept is None or await accept(text):
+            self.backend.keep(reply)
         return text
 
     def add_costs_of(self, other):
@@ -131,8 +146,12 @@ async def llm_verdict(backend, prompts, description, au, label, spending):
     """The LLM's own verification of an analysis, in a fresh conversation: ("pass" | "fail" | "unreadable", answer)."""
     judge = Chat(backend, prompts.render("system"))
     content = prompts.render("verify", **face_values(au, label), description=description)
+
+    async def readable(text):
+        return re.match(r"\W*(pass|fail)\b", text, re.IGNORECASE) is not None
+
     try:
-        answer = await judge.ask("verify", content, Facts(au, description, label))
+        answer = await judge.ask("verify", content, Facts(au, description, label), accept=readable)
     except SampleFailed as failure:  # the extra check failing leaves the sample to the code verifier
         answer = f"[{failure.reason}] {failure.message}"
     spending.add_costs_of(judge)
@@ -182,9 +201,15 @@ async def refined_cot(chat, prompts, description, au, label, settings):
     """Format Refinement: (sections, verification) of a CoT that passes every check, else SampleFailed."""
     facts = Facts(au, description, label)
     process, content = "refine", prompts.render("refine", **refine_values(label, COT_MAX_WORDS))
+    checked = {}
+
+    async def well_formed(cot):
+        checked[cot] = await cpu_work(chat.backend, cot_problems, cot, au, label)
+        return not checked[cot][2]
+
     for _ in range(settings.refine_attempts):
-        cot = await chat.ask(process, content, facts)
-        sections, verification, problems = cot_problems(cot, au, label)
+        cot = await chat.ask(process, content, facts, accept=well_formed)
+        sections, verification, problems = checked[cot]
         if not problems:
             return sections, verification
         process, content = "refine_retry", prompts.render("refine_retry", problems=" ".join(problems))
@@ -213,7 +238,7 @@ def new_record(sample, au_result, au_model, backend, prompts):
         "label": sample.label,
         "status": None,
         "reason": None,
-        "message": "",
+        "message": au_result.message or "",  # e.g. "3 faces found, kept the largest"
         "au_model": au_model,
         "au": au_result.au,
         "description": None,
@@ -239,14 +264,19 @@ async def describe_until_verified(chat, record, au, label, backend, prompts, set
     """AU2Des, then rounds of Des2Exp, Result Verification and Feedback Reflection (revealing the label after
     `settings.reveal_after` rounds) until a description passes; `record` gets the description and every round's log.
     Raises `SampleFailed` when none passes in `settings.max_rounds`."""
+
+    async def is_label(answer):
+        return normalize_label(answer) is not None
+
     record["description"] = await chat.ask("au2des", prompts.render("au2des", **face_values(au)), Facts(au))
     for round_number in range(1, settings.max_rounds + 1):
         description = record["description"]
-        answer = await chat.ask("des2exp", prompts.render("des2exp", **face_values(au)), Facts(au, description))
+        des2exp = prompts.render("des2exp", **face_values(au))
+        answer = await chat.ask("des2exp", des2exp, Facts(au, description), accept=is_label)
         predicted = normalize_label(answer)
         if predicted is None:
             raise SampleFailed("not_a_label", f"Des2Exp answered {answer!r:.200}, which is not one of the labels")
-        verification = verify_description(description, au, label)
+        verification = await cpu_work(backend, verify_description, description, au, label)
         passed = verification.passed and predicted == label
         log = {
             "round": round_number,

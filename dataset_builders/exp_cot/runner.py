@@ -19,7 +19,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -33,7 +33,10 @@ from .records import JsonlFile, format_summary, read_jsonl, rewrite_jsonl, summa
 from .sources import unique_samples
 
 # Settings that shape the records: a resumed run with other values would mix two kinds of records in one file.
-RUN_KEYS = ("backend", "model", "prompt_version", "au_model", "temperature", "seed", "max_tokens")
+RUN_KEYS = (
+    "backend", "model", "prompt_version", "au_model", "temperature", "seed", "max_tokens",
+    "reveal_after", "max_rounds", "refine_attempts", "llm_verify", "keep_conversation",
+)  # fmt: skip
 
 
 @dataclass
@@ -102,6 +105,7 @@ def _run_locked(source, config):
             "temperature": config.temperature,
             "seed": config.seed,
             "max_tokens": config.max_tokens,
+            **asdict(config.settings),
         },
     )
 
@@ -150,7 +154,8 @@ def _check_run_file(path, settings):
                 f"{key}: {previous.get(key)!r} there, {settings.get(key)!r} now" for key in changed
             )
             raise ValueError(
-                f"{path.parent} holds records made with other settings ({differences}); use another --output"
+                f"{path.parent} holds records made with other settings ({differences}); resume with the same "
+                "settings, or use another --output"
             )
         return
     write_json(path, settings)
@@ -190,6 +195,8 @@ def detect_action_units(samples, au_model, workers, aus_path):
             elif sample.id in known:
                 record = known[sample.id]
                 results[sample.id] = (AUResult(record["status"], au=record["au"], message=record["message"]), au_model)
+            elif (problem := sample.image_problem()) is not None:
+                results[sample.id] = (AUResult("unreadable", message=problem), au_model)
             else:
                 to_detect.setdefault(str(sample.path), []).append(sample)
         if to_detect:

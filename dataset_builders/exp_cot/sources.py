@@ -23,9 +23,11 @@ line gets a sub-command for it.
 """
 
 import csv
+import io
 import json
 import os
 import re
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +37,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from PIL import Image
 
 from modeling_expllm.vocabulary import EXPRESSION_LABELS, NUM_ACTION_UNITS, normalize_label
+
+from .cot_text import conclusion_label
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,24 @@ class Sample:
     def open_image(self):
         return Image.open(self.path)
 
+    def image_problem(self):
+        """Why the image must not be opened, or None: a path that is no regular file (a FIFO or a device named .jpg
+        would block its reader forever) or a link that leads out of the image root. A missing file is left to the AU
+        detector, which reports it as unreadable."""
+        path = self.path
+        try:
+            mode = os.stat(path).st_mode  # through links
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            return f"{self.file_name}: cannot be read ({error})"
+        root, target = os.path.realpath(self.root), os.path.realpath(path)
+        if os.path.commonpath([root, target]) != root:
+            return f"{self.file_name}: a link to {target}, outside the image root {root}; refused"
+        if not stat.S_ISREG(mode):
+            return f"{self.file_name}: not a regular file (a FIFO, device or folder); refused"
+        return None
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Checks every source uses
@@ -73,6 +95,8 @@ def checked_file_name(name, where):
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{where}: empty file name")
     name = name.strip()
+    if any(character in name for character in "\0\n\r"):
+        raise ValueError(f"{where}: file name {name!r} holds a NUL or line-break character")
     if _PLAIN_FILE_NAME.fullmatch(name):
         return name
     windows = PureWindowsPath(name)
@@ -85,8 +109,9 @@ def checked_file_name(name, where):
 
 
 def checked_label(value, where):
-    """The canonical label of `value`; ValueError naming `where` and the value otherwise."""
-    label = normalize_label(value)
+    """The canonical label of a label name or synonym; ValueError naming `where` and the value otherwise. Numbers are
+    refused: codes differ between datasets (RAF-DB's 1 is Surprise, the canonical index 1 Happiness)."""
+    label = normalize_label(value) if isinstance(value, str) else None
     if label is None:
         raise ValueError(
             f"{where}: label {value!r} is not one of {', '.join(EXPRESSION_LABELS)} or a synonym "
@@ -103,6 +128,37 @@ def checked_au(values, where):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ValueError(f"{where}: AU {index} must be a number in [0, 1], got {value!r}")
     return tuple(float(value) for value in values)
+
+
+class LineProblems:
+    """The bad lines (or entries) of one label or annotation file, raised together once the whole file is read, so
+    that a user fixes the file in one go rather than one line per attempt."""
+
+    shown = 20
+
+    def __init__(self, path):
+        self.path = path
+        self.problems = []
+
+    def note(self, error):
+        self.problems.append(str(error))
+
+    def raise_if_any(self):
+        if not self.problems:
+            return
+        listed = "\n  ".join(self.problems[: self.shown])
+        more = f"\n  ... and {len(self.problems) - self.shown} more" if len(self.problems) > self.shown else ""
+        raise ValueError(f"{self.path}: {len(self.problems)} bad line(s):\n  {listed}{more}")
+
+
+def read_text(path):
+    """A label or annotation file's text; a file that is not UTF-8 (a UTF-16 export, say) is named in the error."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save the file as UTF-8"
+        ) from None
 
 
 def unique_samples(samples):
@@ -188,39 +244,48 @@ class FolderSource:
             raise FileNotFoundError(f"label file {self.labels_file} not found")
 
     def samples(self) -> Iterator[Sample]:
-        rows = self._csv_rows() if self.labels_file.suffix.lower() == ".csv" else self._text_rows()
-        seen = {}
+        text = read_text(self.labels_file)
+        rows = self._csv_rows(text) if self.labels_file.suffix.lower() == ".csv" else self._text_rows(text)
+        problems, seen_files, seen_ids = LineProblems(self.labels_file), {}, {}
         for where, row in rows:
-            file_name = checked_file_name(row.get("file_name"), where)
-            if file_name in seen:
-                raise ValueError(f"{where}: {file_name!r} is listed again (first at {seen[file_name]})")
-            seen[file_name] = where
-            label = checked_label(row.get("label"), where)
-            sample_id = (row.get("id") or "").strip() or f"{self.name}/{file_name}"
+            try:
+                if isinstance(row, ValueError):
+                    raise row
+                file_name = checked_file_name(row.get("file_name"), where)
+                if file_name in seen_files:
+                    raise ValueError(f"{where}: {file_name!r} is listed again (first at {seen_files[file_name]})")
+                label = checked_label(row.get("label"), where)
+                sample_id = (row.get("id") or "").strip() or f"{self.name}/{file_name}"
+                if sample_id in seen_ids:
+                    raise ValueError(f"{where}: id {sample_id!r} is given again (first at {seen_ids[sample_id]})")
+            except ValueError as error:
+                problems.note(error)
+                continue
+            seen_files[file_name] = seen_ids[sample_id] = where
             split = (row.get("split") or "").strip() or self.split
             yield Sample(sample_id, self.name, split, file_name, label, self.root)
+        problems.raise_if_any()
 
-    def _csv_rows(self):
-        with open(self.labels_file, newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            missing = {"file_name", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(
-                    f"{self.labels_file}: the CSV header must name columns file_name and label; "
-                    f"missing {sorted(missing)} in {reader.fieldnames}"
-                )
-            for row in reader:
-                yield f"{self.labels_file}:{reader.line_num}", row
+    def _csv_rows(self, text):
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"file_name", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(
+                f"{self.labels_file}: the CSV header must name columns file_name and label; "
+                f"missing {sorted(missing)} in {reader.fieldnames}"
+            )
+        for row in reader:
+            yield f"{self.labels_file}:{reader.line_num}", row
 
-    def _text_rows(self):
-        with open(self.labels_file, encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
-                fields = line.split()
-                if not fields or fields[0].startswith("#"):
-                    continue
-                where = f"{self.labels_file}:{line_number}"
-                if len(fields) != 2:
-                    raise ValueError(f"{where}: expected '<file_name> <label>', got {line.strip()!r}")
+    def _text_rows(self, text):
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            where = f"{self.labels_file}:{line_number}"
+            if len(fields) != 2:
+                yield where, ValueError(f"{where}: expected '<file_name> <label>', got {line.strip()!r}")
+            else:
                 yield where, {"file_name": fields[0], "label": fields[1]}
 
     @staticmethod
@@ -311,24 +376,28 @@ class RafdbSource:
         return Path(root) / RAFDB_IMAGE_FOLDER
 
     def samples(self) -> Iterator[Sample]:
-        counts, seen = Counter(), {}
-        with open(self.labels_file, encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                where = f"{self.labels_file}:{line_number}"
+        counts, seen, problems = Counter(), {}, LineProblems(self.labels_file)
+        for line_number, line in enumerate(read_text(self.labels_file).splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{self.labels_file}:{line_number}"
+            try:
                 if len(fields) != 2:
                     raise ValueError(f"{where}: expected '<image name> <label code 1-7>', got {line.strip()!r}")
                 name = checked_file_name(fields[0], where)
                 if name in seen:
                     raise ValueError(f"{where}: {name!r} is listed again (first at line {seen[name]})")
-                seen[name] = line_number
                 split, label = rafdb_split(name, where), rafdb_label(fields[1], where)
-                counts[split] += 1
-                if split in self.splits:
-                    file_name = rafdb_aligned_name(name)
-                    yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+            except ValueError as error:
+                problems.note(error)
+                continue
+            seen[name] = line_number
+            counts[split] += 1
+            if split in self.splits:
+                file_name = rafdb_aligned_name(name)
+                yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+        problems.raise_if_any()
         check_split_counts(self.name, counts, str(self.labels_file), self.splits)
 
     @staticmethod
@@ -402,23 +471,28 @@ class AffectNetSource:
         counts, seen = Counter(), {}
         for split in self.splits:
             labels_file = self.root / AFFECTNET_LABEL_FILES[split]
-            with open(labels_file, newline="", encoding="utf-8-sig") as file:
-                reader = csv.DictReader(file)
-                missing = {"image", "emotion"} - set(reader.fieldnames or ())
-                if missing:
-                    raise ValueError(
-                        f"{labels_file}: the CSV header must name columns image and emotion; "
-                        f"missing {sorted(missing)} in {reader.fieldnames}"
-                    )
-                for row in reader:
-                    where = f"{labels_file}:{reader.line_num}"
+            problems = LineProblems(labels_file)
+            reader = csv.DictReader(io.StringIO(read_text(labels_file), newline=""))
+            missing = {"image", "emotion"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(
+                    f"{labels_file}: the CSV header must name columns image and emotion; "
+                    f"missing {sorted(missing)} in {reader.fieldnames}"
+                )
+            for row in reader:
+                where = f"{labels_file}:{reader.line_num}"
+                try:
                     file_name = affectnet_file_name(row["image"], split, where)
                     if file_name in seen:
                         raise ValueError(f"{where}: {file_name!r} is listed again (first at {seen[file_name]})")
-                    seen[file_name] = where
                     label = affectnet_label(row["emotion"], file_name, where)
-                    counts[split] += 1
-                    yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+                except ValueError as error:
+                    problems.note(error)
+                    continue
+                seen[file_name] = where
+                counts[split] += 1
+                yield Sample(f"{self.name}/{file_name}", self.name, split, file_name, label, self.root)
+            problems.raise_if_any()
         check_split_counts(self.name, counts, str(self.root), self.splits)
 
     @staticmethod
@@ -472,6 +546,21 @@ def image_root(dataset, root):
     return IMAGE_ROOTS.get(dataset, Path)(root)
 
 
+class ContradictingCotWarning(UserWarning):
+    """An annotation file holds CoTs whose Conclusion names another label than the entry's."""
+
+
+def declared_split(json_file):
+    """The split an official file's name declares: "train" (`rafdb_train.json`), "test" (`..._val_...`, `valid-...`,
+    `test`), or None when the name says neither."""
+    words = re.split(r"[^a-z]+", Path(json_file).stem.lower())
+    if "train" in words:
+        return "train"
+    if {"val", "valid", "validation", "test"} & set(words):
+        return "test"
+    return None
+
+
 def official_dataset_and_split(file_name):
     """(dataset, split) of a file name of the official files: `train_00001_aligned.jpg` is RAF-DB train,
     `val_class/class003/image0003861.jpg` is AffectNet test; None for any other name."""
@@ -504,8 +593,9 @@ class OfficialJsonSource:
             raise FileNotFoundError(f"annotation file {self.json_file} not found")
         if dataset is not None and dataset not in OFFICIAL_DATASETS:
             raise ValueError(f"dataset must be one of {OFFICIAL_DATASETS}, got {dataset!r}")
+        text = read_text(self.json_file)
         try:
-            self._entries = json.loads(self.json_file.read_text(encoding="utf-8-sig"))
+            self._entries = json.loads(text)
         except ValueError as error:
             raise ValueError(f"{self.json_file}: not a JSON file ({error})") from None
         if not isinstance(self._entries, list) or not self._entries:
@@ -527,31 +617,54 @@ class OfficialJsonSource:
         return found[0]
 
     def entries(self) -> Iterator[tuple[Sample, str | None]]:
-        """(sample, description or None) for every entry, checked."""
-        seen, counts = {}, Counter()
+        """(sample, description or None) for every entry, checked; every bad entry is reported, together."""
+        seen, counts, problems, contradictions = {}, Counter(), LineProblems(self.json_file), []
         for index, entry in enumerate(self._entries):
-            where = f"{self.json_file} entry {index}"
-            if not isinstance(entry, dict):
-                raise ValueError(f"{where}: expected an object with file_name and emo, got {entry!r:.120}")
-            file_name = checked_file_name(entry.get("file_name"), where)
-            where = f"{where} ({file_name})"
-            found = official_dataset_and_split(file_name)
-            if found is None or found[0] != self.name:
-                raise ValueError(f"{where}: not a file name of {self.name} (train/test split unknown)")
-            if file_name in seen:
-                raise ValueError(f"{where}: listed again (first as entry {seen[file_name]})")
-            seen[file_name] = index
-            label = checked_label(entry.get("emo"), f"{where}, field 'emo'")
-            if self.name == "affectnet":  # the class folder names the label too; both must agree
-                affectnet_label(EXPRESSION_LABELS.index(label) + 1, file_name, f"{where}, field 'emo' ({label})")
-            au = checked_au(entry["au"], f"{where}, field 'au'") if entry.get("au") is not None else None
-            description = entry.get("description")
-            if description is not None and (not isinstance(description, str) or not description.strip()):
-                raise ValueError(f"{where}, field 'description': expected non-empty text, got {description!r:.120}")
-            counts[found[1]] += 1
-            sample = Sample(f"{self.name}/{file_name}", self.name, found[1], file_name, label, self.root, au=au)
+            try:
+                sample, description = self._checked_entry(index, entry, seen)
+            except ValueError as error:
+                problems.note(error)
+                continue
+            if description is not None and conclusion_label(description) not in (None, sample.label):
+                contradictions.append(f"entry {index} ({sample.file_name}) concludes {conclusion_label(description)}")
+            seen[sample.file_name] = index
+            counts[sample.split] += 1
             yield sample, description
+        problems.raise_if_any()
+        if contradictions:
+            warnings.warn(
+                f"{self.json_file}: {len(contradictions)} description(s) conclude another label than their 'emo' "
+                f"(e.g. {'; '.join(contradictions[:3])}): training on them teaches the model to contradict itself",
+                ContradictingCotWarning,
+                2,
+            )
         check_split_counts(self.name, counts, str(self.json_file), tuple(counts))
+
+    def _checked_entry(self, index, entry, seen):
+        where = f"{self.json_file} entry {index}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object with file_name and emo, got {entry!r:.120}")
+        file_name = checked_file_name(entry.get("file_name"), where)
+        where = f"{where} ({file_name})"
+        found = official_dataset_and_split(file_name)
+        if found is None or found[0] != self.name:
+            raise ValueError(f"{where}: not a file name of {self.name} (train/test split unknown)")
+        declared = declared_split(self.json_file)
+        if declared is not None and found[1] != declared:
+            raise ValueError(f"{where}: a {found[1]} image in a {declared} file (the file's name says {declared})")
+        if file_name in seen:
+            raise ValueError(f"{where}: listed again (first as entry {seen[file_name]})")
+        label = checked_label(entry.get("emo"), f"{where}, field 'emo'")
+        if self.name == "rafdb" and label not in RAFDB_CODES.values():
+            raise ValueError(f"{where}, field 'emo': {label} is not one of RAF-DB's seven labels")
+        if self.name == "affectnet":  # the class folder names the label too; both must agree
+            affectnet_label(EXPRESSION_LABELS.index(label) + 1, file_name, f"{where}, field 'emo' ({label})")
+        au = checked_au(entry["au"], f"{where}, field 'au'") if entry.get("au") is not None else None
+        description = entry.get("description")
+        if description is not None and (not isinstance(description, str) or not description.strip()):
+            raise ValueError(f"{where}, field 'description': expected non-empty text, got {description!r:.120}")
+        sample = Sample(f"{self.name}/{file_name}", self.name, found[1], file_name, label, self.root, au=au)
+        return sample, description
 
     def samples(self) -> Iterator[Sample]:
         for sample, _ in self.entries():

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from datasets.exceptions import DatasetGenerationError
 
-from ..exp_cot.sources import EXPECTED_COUNTS
-from .card import CHART, CONFIG_ORDER, folder_statistics, write_dataset_card
+from ..exp_cot.sources import EXPECTED_COUNTS, SPLITS, declared_split
+from .card import CHART, CONFIG_ORDER, folder_statistics, train_splits_without_cots, write_dataset_card
 from .configs import (
     LICENSED_DATASETS,
     RECORD_DATASETS,
@@ -66,23 +66,40 @@ class RedistributionError(ValueError):
 # Inputs
 
 
+def official_dataset_of(path):
+    """ "rafdb" or "affectnet", from an official annotation file's name; None when the name says neither."""
+    lower = Path(path).name.lower()
+    return "rafdb" if lower.startswith("rafdb") else "affectnet" if "affectnet" in lower else None
+
+
 def official_files(paths):
-    """{dataset: [annotation files]} from files and folders of official annotation files."""
+    """{dataset: [annotation files]} from files and folders of official annotation files.
+
+    In a folder, one file per dataset and split: a `*_mini_description.json` file (AUs and CoTs; the release has the
+    RAF-DB test split's, `rafdb_emo_au_val_mini_description.json`, and whoever has the train splits' can add them, in
+    the same format) before the label-only files of OFFICIAL_FILES.
+    """
     found = {}
     for path in map(Path, paths):
         if path.is_dir():
+            described = {}
+            for file in sorted(path.glob("*_mini_description.json")):
+                dataset, split = official_dataset_of(file), declared_split(file)
+                if dataset is not None and split is not None:
+                    described.setdefault((dataset, split), file)
             chosen = []
             for dataset, splits in OFFICIAL_FILES.items():
-                for names in splits:  # one file per split: the first of its names that the folder has
+                for split, names in zip(SPLITS, splits):  # the described file, else the first name the folder has
                     present = [path / name for name in names if (path / name).is_file()]
-                    if present:
+                    if (dataset, split) in described:
+                        chosen.append((dataset, described[dataset, split]))
+                    elif present:
                         chosen.append((dataset, present[0]))
             if not chosen:
                 known = ", ".join(name for splits in OFFICIAL_FILES.values() for names in splits for name in names)
                 raise FileNotFoundError(f"{path} holds none of the official annotation files ({known})")
         elif path.is_file():
-            lower = path.name.lower()
-            dataset = "rafdb" if lower.startswith("rafdb") else "affectnet" if "affectnet" in lower else None
+            dataset = official_dataset_of(path)
             if dataset is None:
                 raise ValueError(f"{path}: cannot tell from its name whether it annotates RAF-DB or AffectNet")
             chosen = [(dataset, path)]
@@ -178,6 +195,13 @@ def build_publish_folder(output, inputs, *, configs=None, max_shard_size="256MB"
             config, inputs, output, max_shard_size=max_shard_size, strict_counts=full, progress=progress
         )
     statistics = folder_statistics(output)
+    for config, records in train_splits_without_cots(statistics):
+        print(
+            f"WARNING: the {config} train split has {records:,} records and no CoT: training on it teaches labels "
+            "alone. Run the Exp-CoT Engine on the training images or give the official *_mini_description.json train "
+            "files to add them (the dataset card says so at its top).",
+            file=sys.stderr,
+        )
     if full:
         check_full_build(statistics, inputs)
     manifest = {

@@ -83,6 +83,20 @@ def folder_statistics(folder):
     return statistics
 
 
+def train_splits_without_cots(statistics):
+    """[(config, rows)] of the record configs whose train split has records but not one CoT: trained on, they teach
+    labels alone, whatever `--cot_repeats` asks for. (The official annotation files on hand carry CoTs for RAF-DB's
+    test split only.)"""
+    return [
+        (config, splits["train"]["rows"])
+        for config, splits in statistics.items()
+        if config in ("rafdb", "affectnet", "synthetic")
+        and "train" in splits
+        and splits["train"]["rows"] > 0
+        and splits["train"]["cot"] == 0
+    ]
+
+
 def _row_groups(parquet, columns):
     """The shard one row group at a time (the writer's batch of rows), so that counting holds one group in memory."""
     for index in range(parquet.num_row_groups):
@@ -323,6 +337,7 @@ def write_dataset_card(folder, inputs, repo_id=None):
         reveal_rate=_percent(engine["label_revealed"], engine["status"]["done"]),
         unsectioned=unsectioned,
         conversation_counts=statistics.get("conversations"),
+        train_without_cot=[f"`{config}` ({rows:,} records)" for config, rows in train_splits_without_cots(statistics)],
         labels=EXPRESSION_LABELS,
         au_names=list(enumerate(AU_NAMES)),
         cot_sections=COT_SECTIONS,

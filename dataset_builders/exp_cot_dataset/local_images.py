@@ -15,7 +15,7 @@ import os
 
 import datasets
 
-from ..exp_cot.sources import image_root
+from ..exp_cot.sources import checked_file_name, image_root
 
 
 def load_exp_cot(path, config=None, *, split=None, revision=None, **kwargs):
@@ -66,7 +66,8 @@ def with_local_images(dataset, *, check=True, **roots):
         if source not in folders:
             given = ", ".join(folders) or "none"
             raise ValueError(f"the image {file_name!r} is from {source!r}: give {source}=<its root> (given: {given})")
-        return folders[source] / file_name
+        # A downloaded dataset names files relative to the root: "../x" or "/etc/x" would read outside it.
+        return folders[source] / checked_file_name(file_name, f"the dataset's row for {file_name!r}")
 
     iterable = isinstance(dataset, datasets.IterableDataset)
 

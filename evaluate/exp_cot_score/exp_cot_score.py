@@ -65,10 +65,10 @@ Examples:
     ... )
     >>> other_label = reference.replace("is anger.", "is sadness.")
     >>> results = exp_cot_score.compute(predictions=[reference, other_label, ""], references=[reference] * 3)
-    >>> [sample["exp_cot_score"] for sample in results["per_sample"]]
-    [1.0, 0.6666666666666666, 0.0]
+    >>> [sample["exp_cot_score"] for sample in results["per_sample"]]  # another label: C lost, and half of O
+    [1.0, 0.5, 0.0]
     >>> results["missing_sections"]["Conclusion"], results["judge"]
-    (1, 'lexicon-v1')
+    (1, 'lexicon-v2')
 """
 
 JUDGES = ("lexicon", "openai")

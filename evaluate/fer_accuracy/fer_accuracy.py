@@ -6,11 +6,13 @@ vocabulary maps every synonym and inflection to one of the eight canonical label
 wrong and is reported. `strict=True` instead reproduces the official scorer, which accepts only the exact label names.
 """
 
+import re
+
 import datasets
 import evaluate
 
-from dataset_builders.exp_cot.cot_text import conclusion_label, find_emotions, split_cot
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS, normalize_label
+from dataset_builders.exp_cot.cot_text import conclusion_label, split_cot
+from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS, find_answer_labels, normalize_label
 
 _CITATION = """\
 @article{lan2025expllm,
@@ -102,8 +104,7 @@ def read_prediction(answer, strict=False):
     """The canonical label an answer gives, or None when it names none (or, leniently, several with no winner).
 
     Lenient reading, in order: a label id; a short answer that is one label word ("happy", "Answer: JOY"); an Exp-CoT
-    with a Conclusion section, read by the CoT parser; otherwise free text naming exactly one label as its dominant
-    reading ("surprised, not afraid" is Surprise; "happy or sad" is unparseable).
+    with a Conclusion section, read by the CoT parser; otherwise free text, read by `read_free_answer`.
     """
     if not isinstance(answer, str):
         return normalize_label(answer)  # a label id; anything else (a bool included) names no label
@@ -114,8 +115,46 @@ def read_prediction(answer, strict=False):
         return label
     if split_cot(answer).conclusion:
         return conclusion_label(answer)
-    dominant = {mention.label for mention in find_emotions(answer) if mention.role == "dominant"}
-    return dominant.pop() if len(dominant) == 1 else None
+    return read_free_answer(answer)
+
+
+# A label is ruled out by a negation shortly before it in its clause ("not happy", "rather than sad", "I'd rule out
+# anger", "doesn't look angry"), or by a negative answer to it put as a question ("Happy? No.", "Anger? Not really").
+_NEGATION_BEFORE = re.compile(
+    r"(?:\b(?:not|no|never|nor|neither|without|hardly|isn't|aren't|wasn't|doesn't|don't|didn't|can't|cannot|"
+    r"rather than|instead of|rule out|ruled out|rules out|ruling out|far from|anything but)|n't)\W+(?:\w+\W+){0,2}$",
+    re.IGNORECASE,
+)
+_NEGATIVE_REPLY_AFTER = re.compile(r"^\s*\?\s*(?:no\b|not\b|nope\b|hardly\b|never\b)", re.IGNORECASE)
+# What introduces the answer a text settles on: "Final: sadness", "so: anger", "my answer is fear", "or rather fear".
+_FINAL_MARKER = re.compile(
+    r"\b(?:final(?:ly)?|answer|conclusion|overall|so|therefore|thus|ultimately|actually|or rather|verdict)\b"
+    r"\W+(?:\w+\W+){0,2}$",
+    re.IGNORECASE,
+)
+_CLAUSE_BREAK = re.compile(r"[.;:!?,()\[\]—–]|\s-\s|\bbut\b", re.IGNORECASE)
+
+
+def read_free_answer(text):
+    """The label a free-text answer settles on, or None: every label it names (misspellings and everyday words such as
+    "hapy", "mad" or "smiling broadly" included) minus those it rules out; one label left is the answer, several are
+    decided by a final marker before the last one ("I'd rule out anger. Final: sadness"), else there is no winner
+    ("happy or sad")."""
+    affirmed = []
+    for label, start, end in find_answer_labels(text):
+        clause = _CLAUSE_BREAK.split(text[:start])[-1]
+        if _NEGATION_BEFORE.search(clause) or _NEGATIVE_REPLY_AFTER.match(text[end:]):
+            continue
+        affirmed.append((label, start))
+    labels = {label for label, _ in affirmed}
+    if len(labels) == 1:
+        return labels.pop()
+    if labels:
+        label, start = affirmed[-1]
+        before = text[max(0, start - 40) : start]
+        if _FINAL_MARKER.search(before):
+            return label
+    return None
 
 
 def read_reference(reference, position):
