@@ -6,7 +6,8 @@ real HTTP on synthetic faces:
 
   pairs per minute at concurrency 1 and at concurrency 32, and their ratio;
   requests sent by a rerun of the finished run (must be 0: every sample is recorded);
-  requests sent by a run that lost its records but kept its cache (must be 0: every answer is cached).
+  requests sent by a run that lost its records but kept its cache (must be 0: every answer is cached);
+  requests sent for 16 copies of one face in flight at once (3 suffice: AU2Des, Des2Exp, refinement).
 
     python bench/engine_throughput.py [--latency 0.2] [--serial-samples 16] [--parallel-samples 320]
 """
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from dataset_builders.exp_cot.runner import EngineConfig, run_engine
-from dataset_builders.exp_cot.sources import SyntheticSource
+from dataset_builders.exp_cot.sources import FolderSource, SyntheticSource
 from expllm_testing.llm_server import STATS_PATH
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +54,8 @@ class ServerProcess:
         self.process.stdout.close()
 
 
-def engine_run(faces, count, output, server, concurrency):
-    """(summary, requests the server got) of one engine run over the first `count` faces."""
+def engine_run(faces, count, output, server, concurrency, source=None):
+    """(summary, requests the server got) of one engine run over the first `count` faces (or over `source`)."""
     before = server.request_count
     config = EngineConfig(
         output=output,
@@ -64,8 +65,19 @@ def engine_run(faces, count, output, server, concurrency):
         concurrency=concurrency,
         progress=False,
     )
-    summary = run_engine(SyntheticSource(count, faces), config)
+    summary = run_engine(source or SyntheticSource(count, faces), config)
     return summary, server.request_count - before
+
+
+def copies_of_one_face(faces, folder, count):
+    """A folder source of `count` copies of the first synthetic face: the same AUs and label, so identical requests."""
+    folder.mkdir()
+    names = [f"copy-{index:02d}.png" for index in range(count)]
+    for name in names:
+        shutil.copy(faces / "synthetic-0-000000.png", folder / name)
+    label = next(SyntheticSource(1, faces).samples()).label
+    (folder / "labels.txt").write_text("".join(f"{name} {label}\n" for name in names))
+    return FolderSource(folder, folder / "labels.txt")
 
 
 def main():
@@ -90,6 +102,14 @@ def main():
             recovered, cached_requests = engine_run(
                 faces, args.parallel_samples, work / "parallel", server, args.concurrency
             )
+            copies = copies_of_one_face(faces, work / "copies", 16)
+            config = EngineConfig(
+                output=work / "copies-run", backend="openai", base_url=server.base_url, api_key="bench-key",
+                concurrency=16, au_model="oracle", progress=False,
+            )  # fmt: skip
+            before = server.request_count
+            duplicates = run_engine(copies, config)
+            duplicate_requests = server.request_count - before
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -109,6 +129,10 @@ def main():
     print(
         f"requests sent by a run with its records deleted but its cache kept: {cached_requests} "
         f"({recovered['this_run']['cache_hits']} answers from the cache, {recovered['done']} pairs done)"
+    )
+    print(
+        f"requests sent for 16 copies of one face at concurrency 16: {duplicate_requests} "
+        f"({duplicates['this_run']['backend_stats']['shared_in_flight']} shared in flight, {duplicates['done']} done)"
     )
 
 

@@ -7,7 +7,10 @@ For one model config, random weights, LoRA r=8 on q/v of both towers plus the pr
   stock  TRL's DataCollatorForVisionLanguageModeling with its defaults (no custom settings): the loss on every token.
 
 and prints, after the warm-up steps, samples/s, tokens/s (image tokens included), peak memory and, on a GPU, the model
-FLOPs utilisation, with the ratio ours / stock.
+FLOPs utilisation, with the ratio ours / stock. A step is timed from the end of the one before to its own end, so
+that it includes the batch's loading and collation. Each run is a process of its own, with a freshly built model (no
+trained projector or memory peak carries over), and the runs alternate ours, stock, stock, ours... (`--rounds`), so
+that a slow start or a busy machine does not favour one side; the medians are compared.
 
     python bench/train_throughput.py                      # tiny towers, on this CPU
     python bench/train_throughput.py --size 7b --batch-size 8 --peak-tflops 989   # ViT-L/14 + Llama-7B, bf16, GPU
@@ -19,8 +22,12 @@ work per token does not). MFU counts 2N FLOPs per token forward, 2N backward thr
 """
 
 import argparse
+import json
 import os
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -67,28 +74,22 @@ def conversations(count, image_size):
 
 
 class StepTimer(TrainerCallback):
-    """Each step's start and end time, and the trainer's count of non-padding tokens seen (image tokens included)."""
+    """The time each step ends, and the trainer's count of non-padding tokens seen (image tokens included)."""
 
     def __init__(self, device):
-        self.device, self.starts, self.ends, self.tokens = device, [], [], []
-
-    def _now(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.starts.append(self._now())
+        self.device, self.ends, self.tokens = device, [], []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.ends.append(self._now())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
         self.tokens.append(state.num_input_tokens_seen)
 
 
 def peak_memory_gib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; the process's peak so far
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux; this run's process alone
 
 
 def run(name, model, processor, rows, collator, args, device, output_dir):
@@ -129,10 +130,10 @@ def run(name, model, processor, rows, collator, args, device, output_dir):
     trainer.train()
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    trainer.model.unload()  # the base model without LoRA layers, for the next run
-    measured = slice(args.warmup, args.warmup + args.steps)
-    seconds = sum(end - start for start, end in zip(timer.starts[measured], timer.ends[measured]))
-    tokens = timer.tokens[args.warmup + args.steps - 1] - timer.tokens[args.warmup - 1]
+    # Whole steps: from the end of the last warm-up step to the end of the last measured one, loading included.
+    first, last = args.warmup - 1, args.warmup + args.steps - 1
+    seconds = timer.ends[last] - timer.ends[first]
+    tokens = timer.tokens[last] - timer.tokens[first]
     result = {
         "samples_per_s": args.steps * args.batch_size / seconds,
         "tokens_per_s": tokens / seconds,
@@ -145,6 +146,23 @@ def run(name, model, processor, rows, collator, args, device, output_dir):
     return result
 
 
+def measure_one(args):
+    """One run in this process: build the model, train with `args.collator`, print the figures as a JSON line."""
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # at tiny sizes one thread beside the collation worker is fastest on 2 cores
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        model, processor = build_model(args.size, os.path.join(folder, "backbones"), device, dtype)
+        image_size = processor.image_processor.size.height
+        rows = conversations((args.warmup + args.steps) * args.batch_size, image_size)
+        collator = {"ours": ExpLLMCollator, "stock": DataCollatorForVisionLanguageModeling}[args.collator](processor)
+        parameters = sum(p.numel() for p in model.parameters())
+        result = run(args.collator, model, processor, rows, collator, args, device, folder)
+    print(json.dumps({"parameters": parameters, **result}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "7b"), default="tiny")
@@ -152,41 +170,50 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="measured steps")
     parser.add_argument("--warmup", type=int, default=5, help="steps before measuring")
     parser.add_argument("--workers", type=int, default=1, help="dataloader workers")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each collator, in the order ABBA ABBA...")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--collator", choices=("ours", "stock"), help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args()
-    if args.warmup < 1 or args.steps < 1:
-        parser.error("--warmup and --steps must be at least 1")
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # at tiny sizes one thread beside the collation worker is fastest on 2 cores
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        parser.error("--warmup, --steps and --rounds must be at least 1")
+    if args.collator is not None:
+        measure_one(args)
+        return
 
-    with tempfile.TemporaryDirectory() as folder:
-        model, processor = build_model(args.size, os.path.join(folder, "backbones"), device, dtype)
-        image_size = processor.image_processor.size.height
-        rows = conversations((args.warmup + args.steps) * args.batch_size, image_size)
-        print(
-            f"{args.size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {device} ({dtype}), "
-            f"batch {args.batch_size}, {args.steps} steps measured after {args.warmup}"
+    order = [
+        name for round_ in range(args.rounds) for name in (("ours", "stock") if round_ % 2 == 0 else ("stock", "ours"))
+    ]
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in vars(args).items()
+               if key not in ("collator", "gradient_checkpointing", "rounds")]  # fmt: skip
+    options += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+    print(f"{args.size} on {args.device}, batch {args.batch_size}, {args.steps} steps measured after {args.warmup}; "
+          f"runs: {' '.join(order)}")  # fmt: skip
+    runs = {"ours": [], "stock": []}
+    for name in order:
+        child = subprocess.run(
+            [sys.executable, __file__, *options, f"--collator={name}"], capture_output=True, text=True
         )
-        results = {}
-        collators = {
-            "ours": ExpLLMCollator(processor),
-            "stock": DataCollatorForVisionLanguageModeling(processor),
-        }
-        for name, collator in collators.items():
-            try:
-                results[name] = run(name, model, processor, rows, collator, args, device, folder)
-            except Exception as error:  # the stock recipe may not run on this model at all: say why, go on
-                print(f"{name}: failed: {type(error).__name__}: {error}")
-                continue
-            shown = ", ".join(f"{key} {value:.4g}" for key, value in results[name].items())
-            print(f"{name}: {shown}")
-        if len(results) == 2:
-            ratios = {key: results["ours"][key] / results["stock"][key] for key in results["ours"]}
-            print("ours / stock: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios.items()))
+        if child.returncode != 0:  # the stock recipe may not run on this model at all: say why, go on
+            print(f"{name}: failed:\n{child.stderr[-2000:]}")
+            continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        runs[name].append(result)
+        print(f"{name}: " + ", ".join(f"{key} {value:.4g}" for key, value in result.items()))
+    medians = {
+        name: {key: statistics.median(result[key] for result in results) for key in results[0]}
+        for name, results in runs.items()
+        if results
+    }
+    for name, median in medians.items():
+        print(
+            f"{name} (median of {len(runs[name])}): "
+            + ", ".join(f"{key} {value:.4g}" for key, value in median.items())
+        )
+    if len(medians) == 2:
+        ratios = {key: medians["ours"][key] / medians["stock"][key] for key in medians["ours"] if key != "parameters"}
+        print("ours / stock: " + ", ".join(f"{key} {value:.2f}x" for key, value in ratios.items()))
 
 
 if __name__ == "__main__":
