@@ -34,11 +34,18 @@ faces = [face, Image.new("RGB", (40, 60), (60, 90, 200))]
 prompts = [processor.apply_chat_template(messages, add_generation_prompt=True)
            for messages in (processor.fer_messages(), processor.cot_messages())]
 batch = processor(images=faces, text=prompts, padding=True, return_tensors="pt")
+eos = processor.tokenizer.eos_token_id
+
+def answer(ids):  # up to the end of turn: a batch pads the rows that finished early
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
 batched = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, batch["input_ids"].shape[1]:].tolist()
+batched = [answer(ids) for ids in batched]
 alone = []
 for image, prompt in zip(faces, prompts):
     single = processor(images=[image], text=[prompt], return_tensors="pt")
-    alone += model.generate(**single, max_new_tokens=5, do_sample=False)[:, single["input_ids"].shape[1]:].tolist()
+    generated = model.generate(**single, max_new_tokens=5, do_sample=False)[0, single["input_ids"].shape[1]:]
+    alone.append(answer(generated.tolist()))
 report["batched_equals_alone"] = batched == alone and len(set(batch["attention_mask"].sum(-1).tolist())) == 2
 pipe = pipeline("image-text-to-text", model=folder, trust_remote_code=True)
 question = {"type": "text", "text": processor.fer_question}
