@@ -109,12 +109,9 @@ def first_records(source, entries, count):
     if count is None:
         return entries
     keys = source["id"] if "messages" in source.column_names and "id" in source.column_names else None
-    chosen = {}
-    for index, _ in entries:
-        record = index if keys is None else keys[index]
-        if record not in chosen and len(chosen) < count:
-            chosen[record] = True
-    return [entry for entry in entries if (entry[0] if keys is None else keys[entry[0]]) in chosen]
+    record_of = (lambda index: index) if keys is None else keys.__getitem__
+    chosen = set(list(dict.fromkeys(record_of(index) for index, _ in entries))[:count])  # first seen, in order
+    return [entry for entry in entries if record_of(entry[0]) in chosen]
 
 
 def training_dataset(source, listing):

@@ -130,11 +130,15 @@ def checked_au(values, where):
     return tuple(float(value) for value in values)
 
 
+def listed(problems, shown=20):
+    """The first `shown` problems, one an indented line, and how many more there are."""
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return "\n  " + "\n  ".join(problems[:shown]) + more
+
+
 class LineProblems:
     """The bad lines (or entries) of one label or annotation file, raised together once the whole file is read, so
     that a user fixes the file in one go rather than one line per attempt."""
-
-    shown = 20
 
     def __init__(self, path):
         self.path = path
@@ -144,11 +148,8 @@ class LineProblems:
         self.problems.append(str(error))
 
     def raise_if_any(self):
-        if not self.problems:
-            return
-        listed = "\n  ".join(self.problems[: self.shown])
-        more = f"\n  ... and {len(self.problems) - self.shown} more" if len(self.problems) > self.shown else ""
-        raise ValueError(f"{self.path}: {len(self.problems)} bad line(s):\n  {listed}{more}")
+        if self.problems:
+            raise ValueError(f"{self.path}: {len(self.problems)} bad line(s):{listed(self.problems)}")
 
 
 def read_text(path):
@@ -601,6 +602,7 @@ class OfficialJsonSource:
         if not isinstance(self._entries, list) or not self._entries:
             raise ValueError(f"{self.json_file}: expected a non-empty JSON list of annotation entries")
         self.name = dataset or self._dataset_of_first_entry()
+        self.declared_split = declared_split(self.json_file)
         self.root = None if root is None else image_root(self.name, root)
         if self.root is not None and not self.root.is_dir():
             raise NotADirectoryError(f"image folder {self.root} of {self.json_file} not found")
@@ -625,8 +627,9 @@ class OfficialJsonSource:
             except ValueError as error:
                 problems.note(error)
                 continue
-            if description is not None and conclusion_label(description) not in (None, sample.label):
-                contradictions.append(f"entry {index} ({sample.file_name}) concludes {conclusion_label(description)}")
+            concluded = conclusion_label(description) if description is not None else None
+            if concluded not in (None, sample.label):
+                contradictions.append(f"entry {index} ({sample.file_name}) concludes {concluded}")
             seen[sample.file_name] = index
             counts[sample.split] += 1
             yield sample, description
@@ -649,7 +652,7 @@ class OfficialJsonSource:
         found = official_dataset_and_split(file_name)
         if found is None or found[0] != self.name:
             raise ValueError(f"{where}: not a file name of {self.name} (train/test split unknown)")
-        declared = declared_split(self.json_file)
+        declared = self.declared_split
         if declared is not None and found[1] != declared:
             raise ValueError(f"{where}: a {found[1]} image in a {declared} file (the file's name says {declared})")
         if file_name in seen:

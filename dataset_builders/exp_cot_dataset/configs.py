@@ -60,6 +60,7 @@ from ..exp_cot.sources import (
     checked_file_name,
     checked_label,
     image_root,
+    listed,
 )
 
 RECORD_DATASETS = ("rafdb", "affectnet", "synthetic")
@@ -360,12 +361,10 @@ class ImageFilesError(ValueError):
 
     def __init__(self, problems, listing=None, shown=20):
         self.problems = list(problems)
-        listed = "\n  ".join(self.problems[:shown])
-        more = f"\n  ... and {len(self.problems) - shown} more" if len(self.problems) > shown else ""
         where = f"\n(every one is listed in {listing})" if listing else ""
         super().__init__(
             f"{len(self.problems)} image file(s) named by the records cannot be used (no record is dropped silently: "
-            f"restore the files, or leave their records out of the inputs):\n  {listed}{more}{where}"
+            f"restore the files, or leave their records out of the inputs):{listed(self.problems, shown)}{where}"
         )
 
 

@@ -15,7 +15,7 @@ import os
 
 import datasets
 
-from ..exp_cot.sources import checked_file_name, image_root
+from ..exp_cot.sources import checked_file_name, image_root, listed
 
 
 def load_exp_cot(path, config=None, *, split=None, revision=None, **kwargs):
@@ -91,13 +91,14 @@ def with_local_images(dataset, *, check=True, **roots):
     if check:
         problems = []
         for row in raw.select_columns([column, "source", "file_name"]):
-            if _is_empty(row[column], column) and not path_of(row["source"], row["file_name"]).is_file():
-                problems.append(str(path_of(row["source"], row["file_name"])))
+            if _is_empty(row[column], column):
+                path = path_of(row["source"], row["file_name"])
+                if not path.is_file():
+                    problems.append(str(path))
         if problems:
-            listed = "\n  ".join(problems[:20]) + (
-                f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise FileNotFoundError(
+                f"{len(problems)} image(s) of the dataset are not in the local copy:{listed(problems)}"
             )
-            raise FileNotFoundError(f"{len(problems)} image(s) of the dataset are not in the local copy:\n  {listed}")
     joined = raw.map(fill, features=raw.features, desc="joining local images")
     return joined.cast_column(column, dataset.features[column])
 
