@@ -15,7 +15,8 @@ SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
 def vocabulary_corpus():
     """Every word of the release's vocabulary, questions and conversation format, as training text."""
-    texts = [vocabulary.SYSTEM_PROMPT, vocabulary.FER_QUESTION, vocabulary.COT_QUESTION, "USER: ASSISTANT:"]
+    texts = [vocabulary.SYSTEM_PROMPT, vocabulary.FER_TASK, vocabulary.FER_QUESTION, vocabulary.COT_TASK]
+    texts += [vocabulary.COT_QUESTION, "Image: TASK: USER: ASSISTANT:", " ".join(vocabulary.EXPRESSION_LABELS)]
     texts += [" ".join(words) for words in vocabulary.LABEL_SYNONYMS.values()]
     texts += [f"**{header}:**" for header in vocabulary.COT_SECTIONS]
     for unit in vocabulary.ACTION_UNITS:

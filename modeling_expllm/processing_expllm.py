@@ -1,15 +1,40 @@
-"""ExpLLM processor: the image processor and the tokenizer, a Vicuna-style chat template with `{% generation %}`
-markers (so assistant-only loss masks come from `apply_chat_template(..., return_assistant_tokens_mask=True)`),
-`<image>` expanded to one token per image patch, and the inputs of the fast label-probability call.
+"""ExpLLM processor: the image processor and the tokenizer, the official conversation format as chat template with
+`{% generation %}` markers (so assistant-only loss masks come from
+`apply_chat_template(..., return_assistant_tokens_mask=True)`), `<image>` expanded to one token per image patch, and
+the inputs of the fast label-probability call.
 """
+
+import json
 
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PROMPT, cot_messages, fer_messages
+from .vocabulary import (
+    COT_TASK,
+    EXPRESSION_LABELS,
+    FER_QUESTION,
+    FER_TASK,
+    SYSTEM_PROMPT,
+    cot_messages,
+    fer_messages,
+    label_first_cot_messages,
+)
 
-# Vicuna v1 conversation layout, which the language model was tuned on: "SYSTEM USER: ... ASSISTANT: ...</s>USER: ...".
+
+def _literal(text):
+    """A Python string as a Jinja string literal (Jinja reads the same escapes as JSON writes)."""
+    return json.dumps(text)
+
+
+# The official ExpLLM layout (DESIGN section 9), which the paper's model was trained on:
+#
+#     {system}\nImage: {image tokens}\nTASK: {task}\nUSER: {question}\nASSISTANT: {answer}</s>TASK: ...
+#
+# The image line follows the system text, once per image of the conversation, wherever the image part sits in the
+# messages. Every user turn is introduced by a TASK line: a message with role "task" sets it for the next user turn;
+# without one, the label question gets the label task and any other question (the step-by-step question, or a free
+# question asked through `pipeline("image-text-to-text")`) the analysis task, since it asks for a description.
 # Message contents may be strings or TRL-style lists of {"type": "image"} / {"type": "text", "text": ...} parts. Only
 # the assistant answers and their end-of-turn token sit inside {% generation %}: they are what training puts loss on.
 # The template writes no <s>: the tokenizer adds it, once, wherever text becomes ids (the processor's __call__ and
@@ -17,19 +42,36 @@ from .vocabulary import COT_QUESTION, EXPRESSION_LABELS, FER_QUESTION, SYSTEM_PR
 DEFAULT_CHAT_TEMPLATE = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part['type'] == 'image' -%}{{ image_token }}\n"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- else -%}{%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
     "{%- endmacro -%}"
+    "{%- set state = namespace(images=0, task=none) -%}"
+    "{%- for message in messages if message['content'] is not string -%}"
+    "{%- for part in message['content'] if part['type'] == 'image' -%}{%- set state.images = state.images + 1 -%}"
+    "{%- endfor -%}{%- endfor -%}"
     "{%- if messages[0]['role'] == 'system' -%}"
-    "{{- render(messages[0]['content']) + ' ' -}}{%- set turns = messages[1:] -%}"
-    "{%- else -%}{{- '" + SYSTEM_PROMPT.replace("'", "\\'") + " ' -}}{%- set turns = messages -%}{%- endif -%}"
+    "{{- render(messages[0]['content']) -}}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{{- " + _literal(SYSTEM_PROMPT) + " -}}{%- set turns = messages -%}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- for _ in range(state.images) -%}{{- 'Image: ' + image_token + '\\n' -}}{%- endfor -%}"
     "{%- for message in turns -%}"
-    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + render(message['content']) + ' ' -}}"
+    "{%- if message['role'] == 'task' -%}{%- set state.task = render(message['content']) -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- set question = render(message['content']) -%}"
+    "{%- if state.task is none -%}"
+    "{%- set state.task = "
+    + _literal(FER_TASK)
+    + " if question | trim == "
+    + _literal(FER_QUESTION)
+    + " else "
+    + _literal(COT_TASK)
+    + " -%}"
+    "{%- endif -%}"
+    "{{- 'TASK: ' + state.task + '\\n' + 'USER: ' + question + '\\n' -}}{%- set state.task = none -%}"
     "{%- elif message['role'] == 'assistant' -%}{{- 'ASSISTANT: ' -}}"
     "{%- generation -%}{{- render(message['content']) + eos_token -}}{%- endgeneration -%}"
-    "{%- else -%}{{- raise_exception('roles must be system (first), user or assistant, got ' + message['role']) -}}"
+    "{%- else -%}"
+    "{{- raise_exception('roles must be system (first), task, user or assistant, got ' + message['role']) -}}"
     "{%- endif -%}{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
@@ -42,12 +84,17 @@ class ExpLLMProcessor(ProcessorMixin):
     Args:
         image_processor ([`ExpLLMImageProcessor`]): pads, resizes and normalises faces.
         tokenizer ([`PreTrainedTokenizerBase`]): the language model's tokenizer, with the image token added.
-        chat_template (`str`, *optional*): defaults to the Vicuna-style template above.
+        chat_template (`str`, *optional*): defaults to the official ExpLLM format above.
         image_token (`str`, *optional*, defaults to `"<image>"`): placeholder for one image in the text.
         patch_size (`int`, *optional*, defaults to 14): the vision tower's patch size; an image becomes
             (height / patch_size) x (width / patch_size) image tokens.
-        fer_question (`str`, *optional*): the label question (defaults to the release's).
-        cot_question (`str`, *optional*): the step-by-step analysis question (defaults to the release's).
+
+    Conversations are lists of messages with roles `system` (optional, first), `task`, `user` and `assistant`; the
+    template writes them in the official layout. The label and step-by-step questions are the official ones
+    (`fer_messages`, `cot_messages`). A free question, e.g. through `pipeline("image-text-to-text")`, needs no TASK of
+    its own: it is introduced by the analysis task ("Expression analysis involves providing a detailed analysis of
+    the face."), the one under which the model learned to describe a face in words; a `{"role": "task"}` message
+    just before it chooses another.
     """
 
     _auto_class = "AutoProcessor"
@@ -59,14 +106,10 @@ class ExpLLMProcessor(ProcessorMixin):
         chat_template=None,
         image_token="<image>",
         patch_size=14,
-        fer_question=FER_QUESTION,
-        cot_question=COT_QUESTION,
         **kwargs,
     ):
         self.image_token = image_token
         self.patch_size = patch_size
-        self.fer_question = fer_question
-        self.cot_question = cot_question
         super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE, **kwargs)
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
@@ -101,11 +144,15 @@ class ExpLLMProcessor(ProcessorMixin):
 
     def fer_messages(self, label=None):
         """The label question about one image, with the answer when `label` is given."""
-        return fer_messages(label, question=self.fer_question)
+        return fer_messages(label)
 
     def cot_messages(self, cot=None, label=None):
         """The step-by-step question; with `cot` its answer, and with `label` too, the label round after it."""
-        return cot_messages(cot, label, cot_question=self.cot_question, fer_question=self.fer_question)
+        return cot_messages(cot, label)
+
+    def label_first_cot_messages(self, label, cot=None):
+        """The official CoT evaluation: the label round answered with `label`, then the step-by-step question."""
+        return label_first_cot_messages(label, cot)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Inputs of `ExpLLMForConditionalGeneration.predict_expression`

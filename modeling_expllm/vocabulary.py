@@ -315,18 +315,17 @@ def prototype_vector(label):
 COT_SECTIONS = ("Key Observations", "Overall Emotional Interpretation", "Conclusion")
 COT_MAX_WORDS = 130
 
-FER_QUESTION = (
-    "Which facial expression does this face show? Answer with exactly one word from: "
-    + ", ".join(EXPRESSION_LABELS)
-    + "."
-)
+# The official conversation format (DESIGN section 9). The paper's model was trained on exactly these strings, so
+# converted official weights only behave when prompted with them, and the release trains its own models on them too:
+# one format, interchangeable models. They are interoperability facts, kept as written, the grammar slip in the CoT
+# question ("Can you analysis") and the trailing spaces included. The chat template (processing_expllm.py) lays them
+# out as "SYSTEM\nImage: <image>\nTASK: ...\nUSER: ...\nASSISTANT: ...</s>"; a TASK line introduces every question.
+SYSTEM_PROMPT = "You are a helpful face analysis assistant. "
+FER_TASK = "Expression recognition involves identifying the emotional state of a person in a given image."
+FER_QUESTION = "What is the expression of the person in the image? Please provide the expression label."
+COT_TASK = "Expression analysis involves providing a detailed analysis of the face. "
 COT_QUESTION = (
-    "Analyse this face step by step: name the facial action units you see and how strongly they act, explain what "
-    "they mean together, and conclude with the expression they point to."
-)
-SYSTEM_PROMPT = (
-    "A user shows an assistant photographs of faces. The assistant reads facial action units carefully and answers "
-    "questions about expressions accurately and concisely."
+    "Can you analysis the facial expression step-by-step in the provided image? Provide a detailed description."
 )
 
 
@@ -336,21 +335,26 @@ def turn(role, text, with_image=False):
     return {"role": role, "content": content + [{"type": "text", "text": text}]}
 
 
-def fer_messages(label=None, question=FER_QUESTION):
+def fer_messages(label=None):
     """A FER sample (DESIGN section 6): the label question about the image, answered with `label` when given."""
-    messages = [turn("user", question, with_image=True)]
+    messages = [turn("user", FER_QUESTION, with_image=True)]
     return messages + [turn("assistant", label)] if label is not None else messages
 
 
-def cot_messages(cot=None, label=None, cot_question=COT_QUESTION, fer_question=FER_QUESTION):
-    """A CoT sample: the step-by-step question answered with `cot`, then (with `label`) the label question and answer.
-
-    Without `cot` it is the prompt that asks for one.
-    """
-    messages = [turn("user", cot_question, with_image=True)]
+def cot_messages(cot=None, label=None):
+    """A CoT sample: the step-by-step question answered with `cot`, then (with `label`) the label question and answer,
+    the order of the official training. Without `cot` it is the prompt that asks for one."""
+    messages = [turn("user", COT_QUESTION, with_image=True)]
     if cot is None:
         return messages
     messages.append(turn("assistant", cot))
     if label is not None:
-        messages += [turn("user", fer_question), turn("assistant", label)]
+        messages += [turn("user", FER_QUESTION), turn("assistant", label)]
     return messages
+
+
+def label_first_cot_messages(label, cot=None):
+    """The official evaluation's CoT conversation: the label round first (answered with `label`, the model's own
+    prediction at test time), then the step-by-step question, answered with `cot` when given."""
+    messages = fer_messages(label) + [turn("user", COT_QUESTION)]
+    return messages + [turn("assistant", cot)] if cot is not None else messages

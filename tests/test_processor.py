@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from modeling_expllm.image_processing_expllm import ExpLLMImageProcessor
-from modeling_expllm.vocabulary import COT_QUESTION, FER_QUESTION
+from modeling_expllm.vocabulary import COT_QUESTION
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
@@ -112,12 +112,46 @@ def test_processor_expands_one_image_token_per_patch(tiny_model):
         model(**processor(images=[Image.new("RGB", (8, 8))] * 2, text=[prompt], return_tensors="pt"))
 
 
-def test_default_questions_and_conversations(tiny_model):
+# The official format, written out as DESIGN section 9 gives it (not built from the release's constants), so that a
+# change of any string or separator fails here.
+OFFICIAL_FER_ROUND = (
+    "TASK: Expression recognition involves identifying the emotional state of a person in a given image.\n"
+    "USER: What is the expression of the person in the image? Please provide the expression label.\n"
+    "ASSISTANT:"
+)
+OFFICIAL_COT_ROUND = (
+    "TASK: Expression analysis involves providing a detailed analysis of the face. \n"
+    "USER: Can you analysis the facial expression step-by-step in the provided image? "
+    "Provide a detailed description.\n"
+    "ASSISTANT:"
+)
+OFFICIAL_HEAD = "You are a helpful face analysis assistant. \nImage: <image>\n"
+
+
+def test_the_chat_template_writes_the_official_conversation_format(tiny_model):
+    from modeling_expllm.vocabulary import turn
+
     _, processor = tiny_model
-    assert processor.fer_question == FER_QUESTION and processor.cot_question == COT_QUESTION
-    cot = processor.cot_messages("Some analysis.", "Anger")
-    assert [m["role"] for m in cot] == ["user", "assistant", "user", "assistant"]
-    assert cot[2]["content"][0]["text"] == FER_QUESTION and cot[3]["content"][0]["text"] == "Anger"
+    render = processor.apply_chat_template
+    assert render(processor.fer_messages("Anger")) == OFFICIAL_HEAD + OFFICIAL_FER_ROUND + " Anger</s>"
+    assert render(processor.fer_messages(), add_generation_prompt=True) == OFFICIAL_HEAD + OFFICIAL_FER_ROUND
+    cot_sample = OFFICIAL_HEAD + OFFICIAL_COT_ROUND + " Brows down.</s>" + OFFICIAL_FER_ROUND + " Anger</s>"
+    assert render(processor.cot_messages("Brows down.", "Anger")) == cot_sample
+    label_first = OFFICIAL_HEAD + OFFICIAL_FER_ROUND + " Anger</s>" + OFFICIAL_COT_ROUND
+    assert render(processor.label_first_cot_messages("Anger"), add_generation_prompt=True) == label_first
+    # A free question gets the analysis task; a task message chooses another; a system message replaces the default.
+    free = [turn("user", "Why does this face look tense?", with_image=True)]
+    assert render(free, add_generation_prompt=True) == (
+        OFFICIAL_HEAD + "TASK: Expression analysis involves providing a detailed analysis of the face. \n"
+        "USER: Why does this face look tense?\nASSISTANT:"
+    )
+    chosen = [turn("system", "Be brief. "), turn("task", "Count the faces.")]
+    chosen.append(turn("user", "How many?", with_image=True))
+    assert render(chosen, add_generation_prompt=True) == (
+        "Be brief. \nImage: <image>\nTASK: Count the faces.\nUSER: How many?\nASSISTANT:"
+    )
+    with pytest.raises(Exception, match="roles must be"):
+        render([turn("narrator", "Once upon a time")])
 
 
 def test_chat_template_marks_only_answers_for_loss(tiny_model):
@@ -141,7 +175,7 @@ def test_inference_prompts_are_the_training_tokens_up_to_the_answer(tiny_model):
     _, processor = tiny_model
     face = Image.new("RGB", (50, 70), (120, 80, 60))
     cot = "**Key Observations:** brows lowered."
-    cot_turn = [{"role": "user", "content": [{"type": "text", "text": processor.cot_question}]}]
+    cot_turn = [{"role": "user", "content": [{"type": "text", "text": COT_QUESTION}]}]
     cot_answer = [{"role": "assistant", "content": [{"type": "text", "text": cot}]}]
     # (prompt, training conversation, which of its answers the prompt asks for)
     cases = {
@@ -172,3 +206,25 @@ def test_a_template_that_writes_bos_is_refused(tiny_model):
     with pytest.raises(ValueError, match="adds another one"):
         template = "{{ bos_token }}" + DEFAULT_CHAT_TEMPLATE
         ExpLLMProcessor(processor.image_processor, processor.tokenizer, chat_template=template)
+
+
+def test_opencv_resize_gives_the_official_pixels(tmp_path):
+    """resize_with="opencv" (what the converter sets) is the official preprocessing to the last bit: pad with
+    (123, 117, 104), cv2.resize bilinear to 224, CLIP normalisation. It survives save/load; a bad value is named."""
+    import cv2
+
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    processor = ExpLLMImageProcessor(resize_with="opencv")
+    got = processor(Image.fromarray(pixels), return_tensors="pt")["pixel_values"][0].numpy()
+    canvas = np.empty((90, 90, 3), dtype=np.uint8)
+    canvas[:] = (123, 117, 104)
+    canvas[:, 10:80] = pixels
+    official = cv2.resize(canvas, (224, 224), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(got, normalised(official).transpose(2, 0, 1), atol=1e-5)
+    assert processor.mean_colour == (123, 117, 104)
+    processor.save_pretrained(tmp_path)
+    assert ExpLLMImageProcessor.from_pretrained(tmp_path).resize_with == "opencv"
+    default = ExpLLMImageProcessor()(Image.fromarray(pixels), return_tensors="pt")["pixel_values"][0].numpy()
+    assert np.abs(default - got).max() > 0.05  # PIL's bicubic is a different filter: the option matters
+    with pytest.raises(ValueError, match="resize_with must be one of"):
+        ExpLLMImageProcessor(resize_with="magic")(Image.fromarray(pixels))

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import REPO_ROOT, run_isolated
+from modeling_expllm.vocabulary import COT_QUESTION, FER_QUESTION
 
 TRAIN = [sys.executable, os.path.join(REPO_ROOT, "train_sft.py"), "--config", "configs/tiny_cpu.yaml"]
 QUIET = ["--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true"]
@@ -273,7 +274,7 @@ def test_collator_puts_loss_on_the_answers_only(workspace, stage1):
         assert (input_ids == processor.image_token_id).sum() == 16
         first_answer_token = supervised.nonzero()[0, 0]
         prompt = tokenizer.decode(input_ids[:first_answer_token])
-        assert processor.cot_question in prompt or processor.fer_question in prompt  # the question is masked
+        assert COT_QUESTION in prompt or FER_QUESTION in prompt  # the question is masked
         assert not supervised[batch["attention_mask"][row] == 0].any()  # nor is padding
 
 

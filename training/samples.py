@@ -16,11 +16,12 @@ import warnings
 from datasets import Dataset
 
 from dataset_builders.exp_cot_dataset import load_exp_cot, with_local_images
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages
+from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages, turn
 
 from .checks import check_images, fitting_entries
 
-# The instruction of a stage-1 caption sample when the source gives none (LLaVA's layout brings its own).
+# The instruction of a stage-1 caption sample when the source gives none (LLaVA's layout brings its own). The chat
+# template introduces it with the analysis task, as any question that asks for a description.
 CAPTION_QUESTION = "Describe this face briefly."
 
 
@@ -34,11 +35,11 @@ def llava_pretrain_source(chat_json, image_folder):
         if "image" not in entry or not entry.get("conversations"):
             raise ValueError(f"{where} needs 'image' and 'conversations'")
         messages = []
-        for turn in entry["conversations"]:
-            role = {"human": "user", "gpt": "assistant"}.get(turn.get("from"))
+        for exchange in entry["conversations"]:
+            role = {"human": "user", "gpt": "assistant"}.get(exchange.get("from"))
             if role is None:
-                raise ValueError(f"{where}: turn 'from' must be 'human' or 'gpt', got {turn.get('from')!r}")
-            content = [{"type": "text", "text": turn["value"].replace("<image>", "").strip()}]
+                raise ValueError(f"{where}: turn 'from' must be 'human' or 'gpt', got {exchange.get('from')!r}")
+            content = [{"type": "text", "text": exchange["value"].replace("<image>", "").strip()}]
             if role == "user" and not messages:
                 content.insert(0, {"type": "image", "text": None})
             messages.append({"role": role, "content": content})
@@ -135,7 +136,8 @@ def training_rows(source, batch):
         if "messages" in record:
             images, messages = record["images"], record["messages"]
         elif kind == "caption":
-            images, messages = [record["image"]], fer_messages(record["caption"], question=CAPTION_QUESTION)
+            images = [record["image"]]
+            messages = [turn("user", CAPTION_QUESTION, with_image=True), turn("assistant", record["caption"])]
         else:
             label = label_name(record["label"], source.features["label"], record.get("id", index))
             images = [record["image"]]
