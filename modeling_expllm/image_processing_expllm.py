@@ -1,7 +1,10 @@
 """ExpLLM image processor: the official preprocessing, without torchvision.
 
 Pad to a square with the mean colour (so a face is never cropped or stretched), resize to the vision tower's
-input size, rescale to 0..1 and normalise with the CLIP mean and std, as the official ExpLLM code does. Inputs may be
+input size, rescale to 0..1 and normalise with the CLIP mean and std, as the official ExpLLM code does. The mean
+colour is the official padding colour, (123, 117, 104). The official code resizes with OpenCV's bilinear filter
+(no antialiasing); PIL's bicubic (the default here) keeps more of a large photo's detail when it shrinks it, and
+`resize_with="opencv"` reproduces the official pixels exactly (the checkpoint converter sets it). Inputs may be
 PIL images in any mode, numpy arrays or torch tensors (HxW, HxWxC or CxHxW; uint8, uint16 or floats in 0..1), file
 paths, URLs, encoded bytes, or `datasets` image dicts; anything else raises an error that names it.
 """
@@ -14,6 +17,19 @@ from PIL import Image, UnidentifiedImageError
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, load_image
+from transformers.processing_utils import ImagesKwargs
+
+RESIZE_METHODS = ("pil", "opencv")
+
+
+class ExpLLMImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    resize_with (`str`, *optional*, defaults to `"pil"`):
+        `"pil"` resizes with PIL and `resample`; `"opencv"` with `cv2.resize` and bilinear interpolation, as the
+        official ExpLLM preprocessing (needs `opencv-python-headless`).
+    """
+
+    resize_with: str
 
 
 def _describe(item):
@@ -66,6 +82,7 @@ def _to_rgb(image, background):
 
 class ExpLLMImageProcessor(PilBackend):
     _auto_class = "AutoImageProcessor"
+    valid_kwargs = ExpLLMImageProcessorKwargs
     model_input_names = ["pixel_values"]
     resample = PILImageResampling.BICUBIC
     image_mean = OPENAI_CLIP_MEAN
@@ -77,6 +94,7 @@ class ExpLLMImageProcessor(PilBackend):
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
+    resize_with = "pil"
 
     @property
     def mean_colour(self):
@@ -128,6 +146,15 @@ class ExpLLMImageProcessor(PilBackend):
         canvas[:, top : top + height, left : left + width] = image
         return canvas
 
+    def resize_like_opencv(self, image, size):
+        """Resize a channels-first uint8 image with `cv2.resize` and bilinear interpolation (the official way)."""
+        try:
+            import cv2
+        except ImportError as error:
+            raise ImportError("resize_with='opencv' needs OpenCV: pip install opencv-python-headless") from error
+        resized = cv2.resize(np.moveaxis(image, 0, -1), (size.width, size.height), interpolation=cv2.INTER_LINEAR)
+        return np.moveaxis(resized.reshape(size.height, size.width, -1), -1, 0)
+
     def _preprocess(
         self,
         images,
@@ -141,14 +168,19 @@ class ExpLLMImageProcessor(PilBackend):
         image_std,
         do_pad,
         return_tensors,
+        resize_with="pil",
         **kwargs,
     ) -> BatchFeature:
+        if resize_with not in RESIZE_METHODS:
+            raise ValueError(f"resize_with must be one of {RESIZE_METHODS}, got {resize_with!r}")
         background = tuple(int(round(channel * 255)) for channel in image_mean)
         processed = []
         for image in images:
             if do_pad:
                 image = self.pad_to_square(image, background)
-            if do_resize:
+            if do_resize and resize_with == "opencv":
+                image = self.resize_like_opencv(image, size)
+            elif do_resize:
                 image = self.resize(image=image, size=size, resample=resample)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)

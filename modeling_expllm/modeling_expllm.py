@@ -146,11 +146,11 @@ class ExpLLMForConditionalGeneration(ExpLLMPreTrainedModel, LlavaForConditionalG
         ).last_hidden_state
 
         # The first token of every candidate is predicted at the prompt's last position ...
-        first_log_probs = self.lm_head(hidden_states[:, prompt_length - 1]).float().log_softmax(-1)
+        first_log_probs = self.answer_log_probs(hidden_states[:, prompt_length - 1])
         log_likelihoods = first_log_probs[:, candidate_ids[:, 0]]
         # ... and token j > 0 of candidate c at the position where its token j - 1 was fed.
         if fed_length > 0:
-            fed_log_probs = self.lm_head(hidden_states[:, prompt_length:]).float().log_softmax(-1)
+            fed_log_probs = self.answer_log_probs(hidden_states[:, prompt_length:])
             fed_log_probs = fed_log_probs.view(batch_size, num_candidates, fed_length, -1)
             targets = candidate_ids[:, 1:].unsqueeze(0).unsqueeze(-1).expand(batch_size, -1, -1, 1)
             target_log_probs = fed_log_probs.gather(-1, targets).squeeze(-1)
@@ -158,6 +158,16 @@ class ExpLLMForConditionalGeneration(ExpLLMPreTrainedModel, LlavaForConditionalG
         return ExpressionPrediction(
             probabilities=log_likelihoods.softmax(-1), log_likelihoods=log_likelihoods, labels=candidate_labels
         )
+
+    def answer_log_probs(self, hidden_states):
+        """Log-probabilities of the next token, in float32, over the tokens the model can answer with: those its
+        generation config suppresses (`suppress_tokens`, e.g. the image token, which is only ever an input) take no
+        probability, so that label probabilities agree with what generation can produce."""
+        logits = self.lm_head(hidden_states).float()
+        never_generated = self.generation_config.suppress_tokens
+        if never_generated:
+            logits[..., torch.tensor(never_generated, device=logits.device)] = float("-inf")
+        return logits.log_softmax(-1)
 
     @classmethod
     def from_backbones(cls, vision_model_name_or_path, text_model_name_or_path, dtype=None, **config_kwargs):
@@ -207,6 +217,7 @@ class ExpLLMForConditionalGeneration(ExpLLMPreTrainedModel, LlavaForConditionalG
             pad_token_id=tokenizer.pad_token_id,
             do_sample=False,  # greedy, as the official evaluation
             max_new_tokens=256,
+            suppress_tokens=[config.image_token_id],  # a placeholder for image features, never an answer
         )
         model.config.text_config.pad_token_id = tokenizer.pad_token_id
 

@@ -155,12 +155,15 @@ def test_batched_generation_equals_unbatched(tiny_model):
 
 
 def naive_log_likelihood(model, inputs, row, candidate):
-    """Score one candidate the slow way: run prompt + answer through the model and add its tokens' log-probs."""
+    """Score one candidate the slow way: run prompt + answer through the model and add its tokens' log-probs, over the
+    tokens generation may produce (the image token, suppressed by the generation config, is no answer)."""
     answer = inputs["candidate_ids"][candidate][inputs["candidate_attention_mask"][candidate].bool()]
     prompt = inputs["input_ids"][row][inputs["attention_mask"][row].bool()]
     sequence = torch.cat([prompt, answer])[None]
     with torch.no_grad():
         logits = model(input_ids=sequence, pixel_values=inputs["pixel_values"][row : row + 1]).logits
+    assert model.generation_config.suppress_tokens == [model.config.image_token_id]
+    logits[..., model.config.image_token_id] = float("-inf")
     log_probs = logits.log_softmax(-1)
     start = len(prompt) - 1
     return sum(log_probs[0, start + j, token].item() for j, token in enumerate(answer.tolist()))
