@@ -12,6 +12,10 @@ With --cot the model also answers the step-by-step question in the same conversa
 (label-first, the official order) or before it (--cot-order cot-first), and the CoTs are graded against the dataset's
 reference CoTs by `evaluate/exp_cot_score` (lexicon judge by default, --judge openai for the paper's LLM judge).
 
+--protocol official adds the official scorer beside the release's figures: greedy generation of the single label
+round, at most 100 new tokens, an answer counts only if it is exactly the label after stripping, and CoTs asked
+label-first. This is how the paper's table was measured (`fer_official` in eval_results.json).
+
 Written to --output-dir: eval_results.json (metrics, per-sample predictions, the model's and the data's revisions,
 the judge), confusion_matrix.png and model_index.yaml (the `model-index` entry of the model card).
 
@@ -33,6 +37,8 @@ from tqdm.auto import tqdm
 METRICS_DIR = Path(__file__).resolve().parent
 FER_MODES = ("probabilities", "generate")
 COT_ORDERS = ("label-first", "cot-first")
+PROTOCOLS = ("release", "official")
+OFFICIAL_MAX_NEW_TOKENS = 100  # the official evaluation's generation limit
 
 
 def parse_args(argv=None):
@@ -51,9 +57,16 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N records (after label filtering)")
     parser.add_argument("--fer-mode", choices=FER_MODES, default="probabilities")
-    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated for a label answer")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="tokens generated for a label answer (default 16; 100 with --protocol official)",
+    )
     parser.add_argument("--cot", action="store_true", help="also generate CoTs and score them against the references")
-    parser.add_argument("--cot-order", choices=COT_ORDERS, default="label-first")
+    parser.add_argument("--cot-order", choices=COT_ORDERS, help="default label-first, the official order")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="release", help="official: also score as the official code does"
+    )
     parser.add_argument("--max-cot-tokens", type=int, default=256, help="tokens generated for a CoT")
     parser.add_argument("--judge", choices=("lexicon", "openai"), default="lexicon")
     parser.add_argument("--judge-model", help="the openai judge's model (a dated snapshot; default gpt-4o-2024-08-06)")
@@ -61,6 +74,14 @@ def parse_args(argv=None):
     parser.add_argument("--judge-cache", help="the judge's response cache file (default in ~/.cache/expllm)")
     parser.add_argument("--output-dir", required=True)
     args = parser.parse_args(argv)
+    if args.protocol == "official":
+        if args.cot_order == "cot-first":
+            parser.error("--protocol official asks CoTs label-first; drop --cot-order cot-first")
+        if args.max_new_tokens not in (None, OFFICIAL_MAX_NEW_TOKENS):
+            parser.error(f"--protocol official generates at most {OFFICIAL_MAX_NEW_TOKENS} tokens for a label answer")
+    args.cot_order = args.cot_order or "label-first"
+    if args.max_new_tokens is None:
+        args.max_new_tokens = OFFICIAL_MAX_NEW_TOKENS if args.protocol == "official" else 16
     for name in ("batch_size", "max_new_tokens", "max_cot_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -274,7 +295,7 @@ def generate_answers(model, processor, dataset, batch_size, max_new_tokens, devi
 
 def generate_cots(model, processor, dataset, indices, args, device, dtype):
     """(CoT, label answer) per record of `indices`, both asked in one conversation in the order chosen."""
-    from modeling_expllm.vocabulary import turn
+    from modeling_expllm.vocabulary import FER_QUESTION, turn
 
     cots, label_answers = [], []
     for batch in _batches(len(indices), args.batch_size, f"CoT ({args.cot_order})"):
@@ -282,12 +303,12 @@ def generate_cots(model, processor, dataset, indices, args, device, dtype):
         if args.cot_order == "label-first":  # the official order: the label answer, then the analysis
             first = [processor.fer_messages() for _ in images]
             labels = generate(model, processor, images, first, args.max_new_tokens, device, dtype)
-            second = [processor.fer_messages(label) + [turn("user", processor.cot_question)] for label in labels]
+            second = [processor.label_first_cot_messages(label) for label in labels]
             texts = generate(model, processor, images, second, args.max_cot_tokens, device, dtype)
         else:
             first = [processor.cot_messages() for _ in images]
             texts = generate(model, processor, images, first, args.max_cot_tokens, device, dtype)
-            second = [processor.cot_messages(text) + [turn("user", processor.fer_question)] for text in texts]
+            second = [processor.cot_messages(text) + [turn("user", FER_QUESTION)] for text in texts]
             labels = generate(model, processor, images, second, args.max_new_tokens, device, dtype)
         cots += texts
         label_answers += labels
@@ -359,6 +380,18 @@ def model_index(args, results):
             ("f1", "Macro F1 %", "macro_f1", {"average": "macro"}),
         )
     ]
+    official = results.get("fer_official")
+    if official is not None:
+        entries.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Facial Expression Recognition",
+                **common,
+                metric_type="accuracy",
+                metric_name=f"Accuracy % ({args.labels} classes, official protocol: greedy, exact label)",
+                metric_value=round(100 * official["accuracy"], 2),
+            )
+        )
     cot = results.get("exp_cot")
     if cot is not None and cot["exp_cot_score"] is not None:
         entries.append(
@@ -415,6 +448,16 @@ def evaluate_fer(args, model, processor, dataset, labels, label_set, samples, fe
     return results
 
 
+def evaluate_official(args, model, processor, dataset, labels, label_set, samples, fer_metric, device, dtype):
+    """The official scorer: the greedy answer to the single label round (at most 100 new tokens) counts only if it is
+    exactly the label after stripping."""
+    answers = generate_answers(model, processor, dataset, args.batch_size, args.max_new_tokens, device, dtype)
+    fer = fer_metric.compute(predictions=answers, references=labels, labels=label_set, strict=True)
+    for sample, answer, predicted in zip(samples, answers, fer["parsed_predictions"]):
+        sample["official"] = {"answer": answer, "correct": predicted == sample["label"]}
+    return {key: value for key, value in fer.items() if key != "parsed_predictions"}
+
+
 def evaluate_cots(args, model, processor, dataset, labels, references, label_set, samples, fer_metric, device, dtype):
     """The Exp-CoT Score of the records with a reference CoT, per-sample CoTs written into `samples`."""
     import evaluate
@@ -460,6 +503,12 @@ def print_summary(args, results, output_dir):
         f"{fer['accuracy']:.4f}, balanced {fer['balanced_accuracy']:.4f}, macro F1 {fer['macro_f1']:.4f}, "
         f"unparseable {fer['unparseable']}"
     )
+    if "fer_official" in results:
+        official = results["fer_official"]
+        print(
+            f"FER (official protocol: greedy, at most {args.max_new_tokens} new tokens, exact label): accuracy "
+            f"{official['accuracy']:.4f}, not exactly a label {official['unparseable']}"
+        )
     if "exp_cot" in results:
         cot = results["exp_cot"]
         print(
@@ -493,6 +542,10 @@ def main(argv=None):
         for i, label in enumerate(labels)
     ]
     scores = evaluate_fer(args, model, processor, dataset, labels, label_set, samples, fer_metric, device, dtype)
+    if args.protocol == "official":
+        scores["fer_official"] = evaluate_official(
+            args, model, processor, dataset, labels, label_set, samples, fer_metric, device, dtype
+        )
     if args.cot:
         scores["exp_cot"] = evaluate_cots(
             args, model, processor, dataset, labels, references, label_set, samples, fer_metric, device, dtype
@@ -515,6 +568,8 @@ def main(argv=None):
             "labels": label_set,
             "fer_mode": args.fer_mode,
             "strict": args.fer_mode == "generate",
+            "protocol": args.protocol,
+            "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
             "max_samples": args.max_samples,
             "device": device,

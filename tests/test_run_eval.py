@@ -185,6 +185,39 @@ def test_probabilities_seven_labels_and_label_first_cots(model_folder, dataset_f
         assert image.format == "PNG" and image.width > 200 and image.height > 200
 
 
+def test_the_official_protocol_beside_the_release_figures(model_folder, dataset_folder, tmp_path):
+    """--protocol official: the release's probabilities as usual, and beside them the official scorer (greedy answer
+    to the single label round, at most 100 new tokens, exactly the label after stripping), CoTs label-first."""
+    folder, faces = dataset_folder
+    output = tmp_path / "eval"
+    stdout = run_script(
+        ["--model", model_folder, "--dataset", folder, "--config", "synthetic", "--max-samples", "4",
+         "--protocol", "official", "--cot", "--max-cot-tokens", "6", "--output-dir", str(output)],
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert "FER (official protocol: greedy, at most 100 new tokens, exact label): accuracy" in stdout
+    results = json.loads((output / "eval_results.json").read_text())
+    settings = results["settings"]
+    assert settings["protocol"] == "official" and settings["max_new_tokens"] == 100
+    assert settings["cot_order"] == "label-first" and settings["fer_mode"] == "probabilities"
+    official = results["fer_official"]
+    samples = results["samples"]
+    for sample in samples:
+        assert sample["official"]["correct"] == (sample["official"]["answer"].strip() == sample["label"])
+        assert "probabilities" in sample  # the release's own figures are still there
+    assert official["accuracy"] == pytest.approx(sum(s["official"]["correct"] for s in samples) / len(samples))
+    names = [metric["name"] for entry in results["model_index"][0]["results"] for metric in entry["metrics"]]
+    assert "Accuracy % (8 classes, official protocol: greedy, exact label)" in names
+
+    for refused in (["--cot-order", "cot-first"], ["--max-new-tokens", "16"]):
+        result = subprocess.run(
+            [sys.executable, RUNNER, "--model", model_folder, "--dataset", folder, "--protocol", "official",
+             "--output-dir", str(tmp_path / "refused"), *refused],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2 and "--protocol official" in result.stderr
+
+
 def test_generated_answers_cot_first_with_string_columns_and_the_openai_judge(model_folder, tmp_path, monkeypatch):
     from expllm_testing.llm_server import LocalLLMServer
 
