@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import trl
 import yaml
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
 
 from training.augmentation import FaceAugmentation
 from training.collator import ExpLLMCollator
@@ -47,6 +47,7 @@ from training.setup import (
     merge_adapter,
     train_projector_only,
 )
+from training.trainer import ExpLLMSFTTrainer
 
 
 @dataclass
@@ -62,6 +63,12 @@ class ScriptArguments(trl.ScriptArguments):
     affectnet_root: str | None = field(default=None, metadata={"help": "Your AffectNet folder (annotation-only)."})
     fer_repeats: int = field(default=3, metadata={"help": "Times each record's FER sample is in an epoch (paper: 3)."})
     cot_repeats: int = field(default=1, metadata={"help": "Times each CoT sample is in an epoch (paper: 1)."})
+    loss_average: str = field(
+        default="token",
+        metadata={
+            "help": "token: every answer token weighs the same (TRL's, the official); conversation: every sample."
+        },
+    )
     augment: bool = field(default=True, metadata={"help": "Official augmentations on stage-2 training images."})
     overlong: str = field(default="error", metadata={"help": "Sequences over max_length: 'error' or 'drop'."})
     check_images: bool = field(default=True, metadata={"help": "Open every image before training."})
@@ -117,7 +124,7 @@ def main(script_args, training_args, model_args):
             print("stage 2 without LoRA (use_peft false): every parameter trains")
     augmentation = FaceAugmentation() if script_args.stage == 2 and script_args.augment else None
     collator = ExpLLMCollator(processor, training_args.max_length, augmentation, seed=training_args.seed)
-    trainer = SFTTrainer(
+    trainer = ExpLLMSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -126,6 +133,7 @@ def main(script_args, training_args, model_args):
         data_collator=collator,
         peft_config=peft_config,
         callbacks=[AugmentationEpoch(collator)],
+        loss_average=script_args.loss_average,
     )
     if trainer.is_deepspeed_enabled:
         stage, processes = trainer.accelerator.state.deepspeed_plugin.zero_stage, trainer.accelerator.num_processes

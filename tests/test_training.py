@@ -319,3 +319,52 @@ def test_errors_before_any_compute(workspace, stage1, tmp_path, monkeypatch):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", *zero3]
     error = run_train(*stage2_args(workspace, stage1, str(tmp_path / "d")), launcher=launcher, expect_failure=True)
     assert "ZeRO-3 needs GPUs" in error
+
+
+@pytest.mark.parametrize("loss_average", ["token", "conversation"])
+def test_the_loss_averages_over_tokens_or_conversations(workspace, stage1, tmp_path, loss_average):
+    """The trainer's loss on a batch of one CoT sample (about a hundred answer tokens) and one FER sample (a few): the
+    mean over all answer tokens (TRL's), or the mean of each conversation's own token mean."""
+    from datasets import load_dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig
+
+    from training.collator import ExpLLMCollator
+    from training.samples import expression_source, training_dataset
+    from training.trainer import ExpLLMSFTTrainer
+
+    model = AutoModelForImageTextToText.from_pretrained(stage1, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(stage1, trust_remote_code=True)
+    records = load_dataset(workspace["dataset"], split="train")
+    source, entries = expression_source(records)
+    cot_entry = next(entry for entry in entries if entry[1] == "cot")
+    dataset = training_dataset(source, [cot_entry, entries[0]])
+    collator = ExpLLMCollator(processor)
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
+    args.dataset_kwargs = {"skip_prepare_dataset": True}
+    trainer = ExpLLMSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        data_collator=collator,
+        loss_average=loss_average,
+    )
+    batch = collator(list(dataset))
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    targets = batch["labels"][:, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), targets, ignore_index=-100, reduction="none"
+    )
+    supervised = targets != -100
+    assert supervised[0].sum() > 20 * supervised[1].sum()  # the CoT sample has far more answer tokens
+    if loss_average == "token":
+        expected = token_losses[supervised].mean()
+    else:
+        expected = torch.stack([token_losses[row][supervised[row]].mean() for row in range(2)]).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="loss_average must be one of"):
+        ExpLLMSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
+                         data_collator=collator, loss_average="sample")  # fmt: skip
