@@ -41,9 +41,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from accelerate import PartialState
-
-    from .photos import FaceAnalyzer, analyze_files
+    from .photos import FaceAnalyzer, analyze_files, process_state
     from .video import VIDEO_SUFFIXES, VideoError, analyze_video
 
     for name in ("max_faces", "min_face_size", "batch_size", "max_new_tokens", "smoothing"):
@@ -53,7 +51,7 @@ def main(argv=None):
         raise SystemExit(f"--fps must be positive, got {args.fps}")
     videos = [item for item in args.inputs if Path(item).suffix.lower() in VIDEO_SUFFIXES]
     pictures = [item for item in args.inputs if item not in videos]
-    state = PartialState()
+    state = process_state()
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     labels = SEVEN_LABELS if args.labels == 7 else EXPRESSION_LABELS

@@ -17,6 +17,8 @@ from dataset_builders.exp_cot.au_detection import blendshapes_to_au, resolve_mod
 
 DETECTOR_MEMBER = "face_detector.tflite"  # the bundle's first stage
 LANDMARK_CROP_SCALE = 1.8  # the landmarker's crop: this many times the detector's box side, centred on it
+TILED_FROM = 320  # pictures at least this many pixels on their shorter side are also searched in tiles
+TILE_SHARE = 0.6  # each of the 2 x 2 tiles covers this share of the picture's width and height
 
 # Landmarks (MediaPipe's 478-point face mesh) the alignment uses: both corners of each eye, the nose tip and the top of
 # the nose bridge, and the two sides of the face at eye level. "left"/"right" are the subject's own. The mouth corners,
@@ -83,6 +85,14 @@ class Face:
             },
             "au": self.au,
         }
+
+
+def box_overlap(a, b):
+    """Intersection over union of two (left, top, right, bottom) boxes."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
+    return width * height / union if union > 0 else 0.0
 
 
 def similarity_transform(source, target):
@@ -167,29 +177,54 @@ class FaceFinder:
     def find(self, pixels, timestamp_ms=None):
         """The faces of one RGB uint8 picture (H x W x 3), left to right (the `max_faces` most confident). Faces the
         landmarker cannot read in their crop (a profile, a face cut by the border) are left out."""
-        import mediapipe
 
         if self._detector is None:
             raise RuntimeError("this FaceFinder is closed")
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
-        image = mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=pixels)
-        if self.video:
-            if timestamp_ms is None:
-                raise ValueError("a video FaceFinder needs each frame's timestamp_ms, increasing")
-            found = self._detector.detect_for_video(image, int(timestamp_ms))
-        else:
-            found = self._detector.detect(image)
-        detections = sorted(found.detections, key=lambda d: -d.categories[0].score)[: self.max_faces]
+        if self.video and timestamp_ms is None:
+            raise ValueError("a video FaceFinder needs each frame's timestamp_ms, increasing")
+        detections = sorted(self._detections(pixels, timestamp_ms), key=lambda found: -found[1])[: self.max_faces]
         faces = []
-        for detection in detections:
-            box = detection.bounding_box
-            face = self._landmark(pixels, (box.origin_x, box.origin_y, box.width, box.height))
+        for (x, y, width, height), score in detections:
+            face = self._landmark(pixels, (x, y, width, height))
             if face is not None:
                 landmarks, au = face
                 crop, matrix, error = align_face(pixels, landmarks, self.crop_size, self.margin)
-                edges = (box.origin_x, box.origin_y, box.origin_x + box.width, box.origin_y + box.height)
-                faces.append(Face(edges, detection.categories[0].score, landmarks, au, matrix, crop, error))
+                faces.append(Face((x, y, x + width, y + height), score, landmarks, au, matrix, crop, error))
         return sorted(faces, key=lambda face: (face.box[0], face.box[1]))  # left to right, as people read a photo
+
+    def _detections(self, pixels, timestamp_ms):
+        """((x, y, width, height), score) of each face in picture pixels. The detector sees a 128 x 128 copy of its
+        input, so a photograph is also searched in 2 x 2 overlapping tiles, where its faces look twice as large;
+        a face found more than once keeps its most confident box. Video frames get one pass (video mode tracks)."""
+        import mediapipe
+
+        def detect(region, left, top):
+            image = mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=np.ascontiguousarray(region))
+            found = (
+                self._detector.detect_for_video(image, int(timestamp_ms))
+                if self.video
+                else self._detector.detect(image)
+            )
+            return [
+                ((d.bounding_box.origin_x + left, d.bounding_box.origin_y + top, d.bounding_box.width,
+                  d.bounding_box.height), d.categories[0].score)
+                for d in found.detections
+            ]  # fmt: skip
+
+        found = detect(pixels, 0, 0)
+        height, width = pixels.shape[:2]
+        if not self.video and min(height, width) >= TILED_FROM:
+            tile_h, tile_w = int(height * TILE_SHARE), int(width * TILE_SHARE)
+            for top in (0, height - tile_h):
+                for left in (0, width - tile_w):
+                    found += detect(pixels[top : top + tile_h, left : left + tile_w], left, top)
+        kept = []
+        for box, score in sorted(found, key=lambda item: -item[1]):
+            edges = (box[0], box[1], box[0] + box[2], box[1] + box[3])
+            if all(box_overlap(edges, (k[0], k[1], k[0] + k[2], k[1] + k[3])) < 0.3 for k, _ in kept):
+                kept.append((box, score))
+        return kept
 
     def _landmark(self, pixels, box):
         """(landmarks in picture pixels, AUs) of the face in `box` (x, y, width, height), or None."""

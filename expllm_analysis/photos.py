@@ -67,10 +67,12 @@ class FaceAnalyzer:
         self.finder = FaceFinder(model_path, max_faces=max_faces, min_score=min_score, crop_size=ALIGNED_SIZE)
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path, **kwargs):
+    def from_pretrained(cls, model_name_or_path, device=None, **kwargs):
+        """The analyser of a saved ExpLLM (folder or Hub id), on `device` (default: this process's GPU, or the CPU)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, trust_remote_code=True)
+        device = device or process_state().device
+        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, trust_remote_code=True).to(device)
         processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
         return cls(model, processor, **kwargs)
 
@@ -140,6 +142,7 @@ class FaceAnalyzer:
 
         with torch.inference_mode():
             inputs = self.processor.expression_inputs(list(crops), self.labels).to(self.model.device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             prediction = self.model.predict_expression(**inputs)
         return [dict(zip(prediction.labels, row)) for row in prediction.probabilities.float().tolist()]
 
@@ -154,6 +157,7 @@ class FaceAnalyzer:
             for label in labels
         ]
         inputs = self.processor(images=list(crops), text=prompts, padding=True, return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs.to(self.model.device), max_new_tokens=self.max_new_tokens, do_sample=False
@@ -207,6 +211,15 @@ def au_chart(face, path, title):
 # Files and folders, resumable, across processes
 
 
+def process_state():
+    """accelerate's view of this process (rank, world size). Without a GPU the processes of `accelerate launch
+    --multi_gpu` still work together, over gloo, once accelerate is told to stay on the CPU."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def list_pictures(inputs):
     """Image files of the inputs (files as given, folders searched recursively), in order, without repeats."""
     files = []
@@ -245,9 +258,7 @@ def analyze_files(analyzer, inputs, output_dir, annotate_images=False, charts=Fa
     finished are skipped (a file's last line is marked, so a file cut in the middle is redone); the main process merges
     the shards in input order when all are done.
     """
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if annotate_images:

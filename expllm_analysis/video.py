@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from modeling_expllm.vocabulary import AU_NAMES
 
-from .faces import FaceFinder
+from .faces import FaceFinder, box_overlap
 from .photos import ALIGNED_SIZE
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -57,15 +57,6 @@ def sampled_frames(path, sample_fps):
             raise VideoError(f"{path}: no frame could be decoded")
     finally:
         capture.release()
-
-
-def box_overlap(a, b):
-    """Intersection over union of two (left, top, right, bottom) boxes."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 @dataclass
