@@ -8,7 +8,9 @@
    remote-code folder and reloaded in a fresh process through the AutoClasses only;
 5. `train_sft.py` trains it (stage 1, then stage 2 with LoRA) on the engine's dataset;
 6. `evaluate/run_eval.py` scores the model before and after training: accuracy on held-out faces, the Exp-CoT Score
-   (lexicon judge) against the engine's CoTs, and a confusion matrix.
+   (lexicon judge) against the engine's CoTs, and a confusion matrix, also with the official protocol;
+7. `expllm-analyze` (faces in the wild) explains every face of a picture with several people and follows two faces
+   through a short video: annotated picture, per-face JSON lines, timeline JSON and plot.
 
 Everything is written under `out/` (or `--output-dir`); each step reuses nothing from an earlier demo run.
 """
@@ -217,6 +219,62 @@ def reload_in_fresh_process(folder, faces, paths, title):
         print(f"  {face.id}  truth {face.label:<9}  top-3 [{shown}]  generated: {answer.strip()[:40]!r}")
 
 
+def analyze_in_the_wild(model_folder, output_dir):
+    """A picture of four held-out synthetic faces (rescaled, tilted) and the astronaut, and a clip of two faces going
+    through an expression and back, through `expllm-analyze` as a user runs it."""
+    from PIL import Image
+    from skimage import data
+
+    from dataset_builders.exp_cot.synthetic_faces import generate_faces
+    from expllm_testing.synthetic_video import DEFAULT_EPISODES, write_expression_video
+
+    step("7. Faces in the wild: expllm-analyze on a picture with several people and on a video")
+    folder = os.path.join(output_dir, "wild")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    faces = list(generate_faces(4, seed=9, labels=("Happiness", "Surprise", "Sadness", "Anger"), size=224))
+    canvas = Image.new("RGB", (1340, 620), (90, 110, 130))
+    spots = [(30, 30, 260, 0), (380, 50, 200, 8), (640, 330, 200, -6), (110, 340, 240, 4)]
+    for face, (left, top, side, rotation) in zip(faces, spots):
+        picture = face.image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
+        canvas.paste(
+            picture.rotate(rotation, resample=Image.Resampling.BICUBIC, fillcolor=(90, 110, 130)), (left, top)
+        )
+    canvas.paste(Image.fromarray(data.astronaut()).resize((480, 480)), (860, 130))
+    picture_path, video_path = os.path.join(folder, "group.png"), os.path.join(folder, "clip.mp4")
+    canvas.save(picture_path)
+    write_expression_video(video_path)
+    analysis = os.path.join(output_dir, "analysis")
+    shutil.rmtree(analysis, ignore_errors=True)
+    run(
+        [sys.executable, "-m", "expllm_analysis", picture_path, video_path, "--model", model_folder,
+         "--output-dir", analysis, "--annotate", "--charts", "--annotate-video", "--max-new-tokens", "200"],
+        "expllm-analyze",
+    )  # fmt: skip
+    with open(os.path.join(analysis, "faces.jsonl")) as file:
+        found = [json.loads(line) for line in file]
+    truth = {(left + side / 2): face.label for face, (left, _, side, _) in zip(faces, spots)}
+    for record in found:
+        centre = (record["box"][0] + record["box"][2]) / 2
+        nearest = min(truth, key=lambda x: abs(x - centre))
+        expected = truth[nearest] if abs(nearest - centre) < 100 else "(the astronaut, a photograph)"
+        print(f"  face {record['face_index']} at {[round(v) for v in record['box']]}: {record['label']} "
+              f"{record['probabilities'][record['label']]:.2f}   truth: {expected}")  # fmt: skip
+    with open(os.path.join(analysis, "clip.mp4.timeline.json")) as file:
+        timeline = json.load(file)
+    for face, episode in zip(sorted(timeline["faces"], key=lambda f: f["frames"][0]["box"][0]), DEFAULT_EPISODES):
+        got = ", ".join(f"{e['label']} apex {e['apex']['time_s']:.1f} s" for e in face["episodes"]) or "none"
+        print(f"  video face {face['id']}: episodes {got}   truth: {episode.label} apex {episode.apex_s:.1f} s")
+    print(f"annotated picture: {os.path.join(analysis, 'annotated', 'group.png')}")
+    print(
+        f"per-face JSON lines: {os.path.join(analysis, 'faces.jsonl')}; AU charts: {os.path.join(analysis, 'charts')}"
+    )
+    print(f"video timeline: {os.path.join(analysis, 'clip.mp4.timeline.json')}, plot: "
+          f"{os.path.join(analysis, 'clip.mp4.timeline.png')}, annotated video: "
+          f"{os.path.join(analysis, 'clip.mp4.annotated.mp4')}")  # fmt: skip
+    print(f"summary: {timeline['summary'][:400]}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="out")
@@ -274,6 +332,8 @@ def main():
     cot_first, _ = evaluations["trained", "cot-first"]
     example = next(sample for sample in cot_first["samples"] if "cot" in sample)
     print(f"\na generated CoT (CoT-first; truth {example['label']}):\n{example['cot']['generated']}")
+
+    analyze_in_the_wild(trained, args.output_dir)
 
     step(f"done in {time.time() - started:.0f} s")
 

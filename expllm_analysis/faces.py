@@ -18,7 +18,7 @@ from dataset_builders.exp_cot.au_detection import blendshapes_to_au, resolve_mod
 DETECTOR_MEMBER = "face_detector.tflite"  # the bundle's first stage
 LANDMARK_CROP_SCALE = 1.8  # the landmarker's crop: this many times the detector's box side, centred on it
 TILED_FROM = 320  # pictures at least this many pixels on their shorter side are also searched in tiles
-TILE_SHARE = 0.6  # each of the 2 x 2 tiles covers this share of the picture's width and height
+TILE_SHARE = 0.6  # the square tiles' side, as a share of the picture's shorter side; they overlap by half
 
 # Landmarks (MediaPipe's 478-point face mesh) the alignment uses: both corners of each eye, the nose tip and the top of
 # the nose bridge, and the two sides of the face at eye level. "left"/"right" are the subject's own. The mouth corners,
@@ -85,6 +85,12 @@ class Face:
             },
             "au": self.au,
         }
+
+
+def _tile_starts(length, side):
+    """Where tiles of `side` pixels start along `length`, half a tile apart, the last one flush with the end."""
+    starts = list(range(0, max(1, length - side), max(1, side // 2)))
+    return starts + [length - side] if starts[-1] != length - side else starts
 
 
 def box_overlap(a, b):
@@ -195,7 +201,7 @@ class FaceFinder:
 
     def _detections(self, pixels, timestamp_ms):
         """((x, y, width, height), score) of each face in picture pixels. The detector sees a 128 x 128 copy of its
-        input, so a photograph is also searched in 2 x 2 overlapping tiles, where its faces look twice as large;
+        input, so a photograph is also searched in square tiles (overlapping by half), where its faces look larger;
         a face found more than once keeps its most confident box. Video frames get one pass (video mode tracks)."""
         import mediapipe
 
@@ -215,10 +221,10 @@ class FaceFinder:
         found = detect(pixels, 0, 0)
         height, width = pixels.shape[:2]
         if not self.video and min(height, width) >= TILED_FROM:
-            tile_h, tile_w = int(height * TILE_SHARE), int(width * TILE_SHARE)
-            for top in (0, height - tile_h):
-                for left in (0, width - tile_w):
-                    found += detect(pixels[top : top + tile_h, left : left + tile_w], left, top)
+            side = int(TILE_SHARE * min(height, width))
+            for top in _tile_starts(height, side):
+                for left in _tile_starts(width, side):
+                    found += detect(pixels[top : top + side, left : left + side], left, top)
         kept = []
         for box, score in sorted(found, key=lambda item: -item[1]):
             edges = (box[0], box[1], box[0] + box[2], box[1] + box[3])
