@@ -153,7 +153,7 @@ class FaceFinder:
         if not 0.0 < min_score < 1.0:
             raise ValueError(f"min_score must be between 0 and 1, got {min_score}")
         self.model_path = resolve_model_path(model_path)
-        self.max_faces, self.crop_size, self.margin = max_faces, crop_size, margin
+        self.max_faces, self.min_score, self.crop_size, self.margin = max_faces, min_score, crop_size, margin
         try:
             with zipfile.ZipFile(self.model_path) as bundle:
                 detector_model = bundle.read(DETECTOR_MEMBER)

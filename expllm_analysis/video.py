@@ -232,16 +232,16 @@ def analyze_video(analyzer, path, output_dir, sample_fps=5.0, smoothing=3, annot
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(path).name
     tracks, frame_numbers = [], []  # frame_numbers: the video frame of each sample
-    annotated_frames = [] if annotate else None
-    finder = FaceFinder(analyzer.finder.model_path, analyzer.finder.max_faces, video=True, crop_size=ALIGNED_SIZE)
+    finder = FaceFinder(
+        analyzer.finder.model_path, analyzer.finder.max_faces, analyzer.finder.min_score, video=True,
+        crop_size=ALIGNED_SIZE,
+    )  # fmt: skip
     try:
         progress = tqdm(desc=f"frames of {stem}", unit="frame")
         for sample, (number, time_ms, pixels) in enumerate(sampled_frames(path, sample_fps)):
             faces = [f for f in finder.find(pixels, time_ms) if f.size >= analyzer.min_face_size]
             follow(tracks, faces, sample, time_ms)
             frame_numbers.append(number)
-            if annotated_frames is not None:
-                annotated_frames.append(pixels)
             progress.update()
         progress.close()
     finally:
@@ -310,31 +310,32 @@ def analyze_video(analyzer, path, output_dir, sample_fps=5.0, smoothing=3, annot
     if faces:
         plot_tracks(faces, labels, output_dir / f"{stem}.timeline.png")
         outputs["plot"] = str(output_dir / f"{stem}.timeline.png")
-    if annotated_frames is not None:
-        outputs["annotated"] = str(
-            write_annotated_video(
-                annotated_frames, frame_numbers, faces, sample_fps, output_dir / f"{stem}.annotated.mp4"
-            )
-        )
+    if annotate:
+        annotated = output_dir / f"{stem}.annotated.mp4"
+        outputs["annotated"] = str(write_annotated_video(path, faces, sample_fps, annotated))
     timeline["outputs"] = outputs
     return timeline
 
 
-def write_annotated_video(frames, frame_numbers, faces, sample_fps, path):
-    """The sampled frames with each tracked face's box, id and (smoothed) top label, as an MP4."""
+def write_annotated_video(video, faces, sample_fps, path):
+    """The sampled frames (read again, so that no frame is held in memory) with each tracked face's box, id and
+    (smoothed) top label, as an MP4."""
     import cv2
 
     by_frame = {}
     for face in faces:
         for frame in face["frames"]:
             top = max(frame["probabilities_smoothed"], key=frame["probabilities_smoothed"].get)
-            by_frame.setdefault(frame["frame"], []).append(
-                (face["id"], frame["box"], top, frame["probabilities_smoothed"][top])
-            )
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(sample_fps), (width, height))
+            probability = frame["probabilities_smoothed"][top]
+            by_frame.setdefault(frame["frame"], []).append((face["id"], frame["box"], top, probability))
+    writer = None
     try:
-        for pixels, number in zip(frames, frame_numbers):
+        for number, _, pixels in sampled_frames(video, sample_fps):
+            if writer is None:
+                height, width = pixels.shape[:2]
+                writer = cv2.VideoWriter(
+                    str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(sample_fps), (width, height)
+                )
             canvas = np.ascontiguousarray(pixels[:, :, ::-1])
             for face_id, box, label, probability in by_frame.get(number, []):
                 left, top, right, bottom = (int(round(v)) for v in box)
@@ -343,5 +344,6 @@ def write_annotated_video(frames, frame_numbers, faces, sample_fps, path):
                             cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 220, 255), 1, cv2.LINE_AA)  # fmt: skip
             writer.write(canvas)
     finally:
-        writer.release()
+        if writer is not None:
+            writer.release()
     return path

@@ -549,6 +549,7 @@ def convert_official_checkpoint(
     max_shard_size=None,
     vision_num_heads=None,
     push_to_hub=None,
+    overwrite=False,
 ):
     """Convert the official checkpoint in `input_dir` into a release folder in `output_dir` (see the module docstring).
 
@@ -560,6 +561,7 @@ def convert_official_checkpoint(
             conversion's memory below twice that shard.
         vision_num_heads: the DINOv2's attention heads, if not width / 64 (true of every DINOv2 size).
         push_to_hub: a Hub repo id to upload the folder to (token from the environment, e.g. HF_TOKEN).
+        overwrite: replace `output_dir` if it exists and holds anything (refused otherwise).
 
     Returns the output folder.
     """
@@ -572,6 +574,8 @@ def convert_official_checkpoint(
         raise ValueError(f"lora must be 'merge' or 'adapter', got {lora!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty: choose another folder or pass --overwrite")
     official_config = read_official_config(input_dir)
     checkpoint = OfficialCheckpoint(input_dir)
     layout = Layout(official_config, checkpoint.shapes, vision_num_heads)
@@ -649,6 +653,7 @@ def main(argv=None):
     parser.add_argument("--max_shard_size", type=int, help="bytes per output shard (default: input shard / 4)")
     parser.add_argument("--vision_num_heads", type=int, help="DINOv2 attention heads (default: width / 64)")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="upload the converted folder to this Hub repo")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output_dir if it is not empty")
     args = parser.parse_args(argv)
     output = convert_official_checkpoint(
         args.input_dir,
@@ -658,6 +663,7 @@ def main(argv=None):
         max_shard_size=args.max_shard_size,
         vision_num_heads=args.vision_num_heads,
         push_to_hub=args.push_to_hub,
+        overwrite=args.overwrite,
     )
     print(f"converted {args.input_dir} -> {output} (lora {args.lora}, {args.dtype})")
 

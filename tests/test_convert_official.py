@@ -145,6 +145,8 @@ def test_saved_folder_has_the_official_settings(official):
         processor = json.load(file)
     assert processor["image_processor"]["resize_with"] == "opencv" and processor["image_token"] == "<im_patch>"
     assert not [name for name in os.listdir(folder) if name.endswith((".bin", ".pt", ".pth"))]  # safetensors only
+    with pytest.raises(FileExistsError, match="not empty"):  # a finished folder is never replaced unasked
+        convert_official_checkpoint(official["source"], folder)
     with open(os.path.join(official["adapter"], "adapter", "adapter_config.json")) as file:
         adapter = json.load(file)
     assert adapter["peft_type"] == "LORA" and adapter["r"] == 4 and adapter["lora_alpha"] == 8
