@@ -400,7 +400,7 @@ def model_index(args, results):
                 task_name="Exp-CoT generation",
                 **common,
                 metric_type="exp_cot_score",
-                metric_name=f"Exp-CoT Score ({cot['judge']})",
+                metric_name=f"Exp-CoT Score ({cot['judge']}, {args.cot_order})",
                 metric_value=round(cot["exp_cot_score"], 4),
             )
         )
