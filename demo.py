@@ -226,6 +226,7 @@ def analyze_in_the_wild(model_folder, output_dir):
     from skimage import data
 
     from dataset_builders.exp_cot.synthetic_faces import generate_faces
+    from expllm_testing.group_pictures import GROUP_SPOTS, compose_faces
     from expllm_testing.synthetic_video import DEFAULT_EPISODES, write_expression_video
 
     step("7. Faces in the wild: expllm-analyze on a picture with several people and on a video")
@@ -233,13 +234,7 @@ def analyze_in_the_wild(model_folder, output_dir):
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     faces = list(generate_faces(4, seed=9, labels=("Happiness", "Surprise", "Sadness", "Anger"), size=224))
-    canvas = Image.new("RGB", (1340, 620), (90, 110, 130))
-    spots = [(30, 30, 260, 0), (380, 50, 200, 8), (640, 330, 200, -6), (110, 340, 240, 4)]
-    for face, (left, top, side, rotation) in zip(faces, spots):
-        picture = face.image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
-        canvas.paste(
-            picture.rotate(rotation, resample=Image.Resampling.BICUBIC, fillcolor=(90, 110, 130)), (left, top)
-        )
+    canvas, _ = compose_faces(faces, size=(1340, 620))
     canvas.paste(Image.fromarray(data.astronaut()).resize((480, 480)), (860, 130))
     picture_path, video_path = os.path.join(folder, "group.png"), os.path.join(folder, "clip.mp4")
     canvas.save(picture_path)
@@ -253,7 +248,7 @@ def analyze_in_the_wild(model_folder, output_dir):
     )  # fmt: skip
     with open(os.path.join(analysis, "faces.jsonl")) as file:
         found = [json.loads(line) for line in file]
-    truth = {(left + side / 2): face.label for face, (left, _, side, _) in zip(faces, spots)}
+    truth = {(left + side / 2): face.label for face, (left, _, side, _) in zip(faces, GROUP_SPOTS)}
     for record in found:
         centre = (record["box"][0] + record["box"][2]) / 2
         nearest = min(truth, key=lambda x: abs(x - centre))

@@ -17,21 +17,16 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPOTS = [(30, 30, 260, 0), (380, 50, 200, 8), (640, 320, 200, -6), (110, 340, 240, 4)]
 
 
 def compose_pictures(folder, count):
-    from PIL import Image
-
     from dataset_builders.exp_cot.synthetic_faces import generate_faces
+    from expllm_testing.group_pictures import compose_faces
 
     faces = list(generate_faces(4 * count, seed=61, size=224))
     paths = []
     for number in range(count):
-        canvas = Image.new("RGB", (900, 620), (90, 110, 130))
-        for face, (left, top, side, rotation) in zip(faces[4 * number : 4 * number + 4], SPOTS):
-            picture = face.image.convert("RGB").resize((side, side))
-            canvas.paste(picture.rotate(rotation, fillcolor=(90, 110, 130)), (left, top))
+        canvas, _ = compose_faces(faces[4 * number : 4 * number + 4])
         paths.append(os.path.join(folder, f"group_{number:03d}.png"))
         canvas.save(paths[-1])
     return paths

@@ -34,11 +34,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_expllm.convert_official_checkpoint import OFFICIAL_MAX_NEW_TOKENS
+
 METRICS_DIR = Path(__file__).resolve().parent
 FER_MODES = ("probabilities", "generate")
 COT_ORDERS = ("label-first", "cot-first")
 PROTOCOLS = ("release", "official")
-OFFICIAL_MAX_NEW_TOKENS = 100  # the official evaluation's generation limit
 
 
 def parse_args(argv=None):

@@ -237,16 +237,12 @@ def finished_files(output_dir):
     a line half written) are dropped from the shard, so that the file is done again from the start."""
     done = set()
     for shard in Path(output_dir).glob("faces-rank*.jsonl"):
-        records = []
-        for line in shard.read_text(encoding="utf-8").splitlines(keepends=True):
-            if line.endswith("\n") and line.strip():
-                records.append(json.loads(line))
+        text = shard.read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n") and line.strip()]
         finished = {record["file"] for record in records if record.get("last_of_file")}
-        kept = [record for record in records if record["file"] in finished]
-        if len(kept) != len(records) or shard.read_text(encoding="utf-8") != "".join(
-            json.dumps(r) + "\n" for r in kept
-        ):
-            shard.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        kept = "".join(json.dumps(record) + "\n" for record in records if record["file"] in finished)
+        if kept != text:
+            shard.write_text(kept, encoding="utf-8")
         done |= finished
     return done
 

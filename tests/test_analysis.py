@@ -15,12 +15,12 @@ from dataset_builders.exp_cot.synthetic_faces import generate_faces
 from expllm_analysis.faces import ALIGNMENT_LANDMARKS, ALIGNMENT_TEMPLATE, FaceFinder, measure_template
 from expllm_analysis.photos import FaceAnalyzer, analyze_files
 from expllm_analysis.video import VideoError, analyze_video
+from expllm_testing.group_pictures import BACKGROUND, GROUP_SPOTS, compose_faces
 from expllm_testing.synthetic_video import DEFAULT_EPISODES, write_expression_video
 from expllm_testing.tiny import train_tiny_expression_model
 from helpers import REPO_ROOT
 
 pytest.importorskip("mediapipe", reason="the face analyser runs MediaPipe's face landmarker")
-BACKGROUND = (90, 110, 130)
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +34,6 @@ def analyzer(model_folder):
         yield analyzer
 
 
-def compose(faces, spots, size=(900, 620)):
-    """Faces pasted on a canvas at (left, top, side, rotation in degrees); returns the canvas and each face's box."""
-    canvas = Image.new("RGB", size, BACKGROUND)
-    boxes = []
-    for face, (left, top, side, rotation) in zip(faces, spots):
-        picture = face.image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS)
-        canvas.paste(picture.rotate(rotation, resample=Image.Resampling.BICUBIC, fillcolor=BACKGROUND), (left, top))
-        boxes.append((left, top, left + side, top + side))
-    return canvas, boxes
-
-
-SPOTS = [(30, 30, 260, 0), (380, 50, 200, 8), (640, 320, 200, -6), (110, 340, 240, 4)]
-
-
 def contains(outer, point):
     return outer[0] <= point[0] <= outer[2] and outer[1] <= point[1] <= outer[3]
 
@@ -56,7 +42,7 @@ def test_every_face_of_composed_pictures_is_found_and_read_as_on_its_own(analyze
     faces = list(generate_faces(16, seed=41, size=224))
     pictures, truth = [], []
     for start in range(0, 16, 4):
-        canvas, boxes = compose(faces[start : start + 4], SPOTS)
+        canvas, boxes = compose_faces(faces[start : start + 4], GROUP_SPOTS)
         pictures.append(canvas)
         truth.append(list(zip(boxes, faces[start : start + 4])))
     results = analyzer.analyze_pictures(pictures)
@@ -85,7 +71,7 @@ def test_the_astronaut_among_synthetic_faces(analyzer):
     from skimage import data
 
     astronaut = Image.fromarray(data.astronaut()).resize((400, 400))  # her face about 80 px wide
-    canvas, boxes = compose(list(generate_faces(2, seed=43, size=224)), SPOTS[:2], size=(980, 620))
+    canvas, boxes = compose_faces(list(generate_faces(2, seed=43, size=224)), GROUP_SPOTS[:2], size=(980, 620))
     canvas.paste(astronaut, (580, 210))
     result = analyzer.analyze_pictures([canvas])[0]
     assert len(result.faces) == 3
@@ -99,7 +85,7 @@ def test_alignment_undoes_rotation_and_scale():
     the upright face's crop (224 px)."""
     face = next(generate_faces(1, seed=45, size=224))
     upright = np.asarray(face.image.convert("RGB"))
-    canvas, _ = compose([face], [(150, 90, 134, 12)], size=(480, 360))
+    canvas, _ = compose_faces([face], [(150, 90, 134, 12)], size=(480, 360))
     with FaceFinder() as finder:
         straight, turned = finder.find(upright)[0], finder.find(np.asarray(canvas))[0]
     indices = list(ALIGNMENT_LANDMARKS.values())
@@ -123,7 +109,7 @@ def test_bad_pictures_are_outcomes(analyzer, tmp_path):
     huge = Image.new("RGB", (6000, 4000), BACKGROUND)
     huge.paste(face.image.convert("RGB").resize((1200, 1200)), (3000, 1500))
     huge.save(tmp_path / "huge.jpg", quality=90)
-    small_face, _ = compose([face], [(200, 120, 200, 0)], size=(600, 450))  # found, but smaller than asked for
+    small_face, _ = compose_faces([face], [(200, 120, 200, 0)], size=(600, 450))  # found, but smaller than asked for
     (tmp_path / "notes.jpg").write_text("not a picture")
     inputs = [str(tmp_path / "huge.jpg"), Image.new("RGB", (400, 300), (200, 10, 10)), str(tmp_path / "notes.jpg"),
               str(tmp_path / "missing.png"), small_face]  # fmt: skip
@@ -140,7 +126,7 @@ def picture_folder(folder, count=6):
     folder.mkdir()
     faces = list(generate_faces(count * 2, seed=51, size=224))
     for i in range(count):
-        canvas, _ = compose(faces[2 * i : 2 * i + 2], SPOTS[:2], size=(640, 320))
+        canvas, _ = compose_faces(faces[2 * i : 2 * i + 2], GROUP_SPOTS[:2], size=(640, 320))
         canvas.save(folder / f"group_{i}.png")
     Image.new("RGB", (200, 200), (250, 250, 250)).save(folder / "empty.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")

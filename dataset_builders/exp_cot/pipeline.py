@@ -231,11 +231,7 @@ def reflection_feedback(prompts, verification, predicted, label):
 def new_record(sample, au_result, au_model, backend, prompts):
     """The record of a sample before any process ran on it."""
     return {
-        "id": sample.id,
-        "source": sample.source,
-        "split": sample.split,
-        "file_name": sample.file_name,
-        "label": sample.label,
+        **sample.identity(),
         "status": None,
         "reason": None,
         "message": au_result.message or "",  # e.g. "3 faces found, kept the largest"

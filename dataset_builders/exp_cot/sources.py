@@ -53,6 +53,16 @@ class Sample:
     root: Path | None  # None when the source has no images (annotations only)
     au: tuple | None = None  # 24 AU intensities when the source already has them
 
+    def identity(self):
+        """The fields that name a sample in every record made of it."""
+        return {
+            "id": self.id,
+            "source": self.source,
+            "split": self.split,
+            "file_name": self.file_name,
+            "label": self.label,
+        }
+
     @property
     def path(self):
         if self.root is None:  # an annotation file read without its images

@@ -214,11 +214,7 @@ def record_from_sample(sample, description=None):
     """A record of a source's sample: its label, its AUs when the source has them, and its CoT when it comes with a
     description (an official annotation file's), split into the three sections."""
     return {
-        "id": sample.id,
-        "source": sample.source,
-        "split": sample.split,
-        "file_name": sample.file_name,
-        "label": sample.label,
+        **sample.identity(),
         "au": sample.au,
         "cot": cot_of_description(description),
         "engine": NO_ENGINE,
