@@ -314,7 +314,8 @@ def test_openai_judge_zeroes_missing_sections_and_reports_broken_responses(exp_c
 
 
 def test_openai_judge_needs_a_key_from_the_argument_or_the_environment(exp_cot_score, tmp_path, monkeypatch):
-    from dataset_builders.exp_cot.backends import BackendConfigError
+    # The metric runs on its folder's generated copy of the backends (model_card/bundle.py), whose class this is.
+    BackendConfigError = sys.modules[type(exp_cot_score).__module__].BackendConfigError
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     cache_file = str(tmp_path / "judge.sqlite")

@@ -29,8 +29,6 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
-import openai
-
 from .cache import request_key
 from .prompting import load_prices
 
@@ -253,6 +251,11 @@ class OpenAIBackend:
         self.stats = BackendStats()
         self._secrets = (api_key,)  # redacted from every message this backend makes
         self._in_flight = {}  # cache key -> the task answering it, shared by identical requests
+        # Imported here and in `_send`, not with the module: the offline writer and the Exp-CoT Score's lexicon judge
+        # import this module and run where `openai` is not installed (a metric folder on the Hub needs it only for
+        # judge="openai").
+        import openai
+
         # The client's own retries are off: this class retries, so that every retry and wait is counted.
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
@@ -338,6 +341,8 @@ class OpenAIBackend:
 
     async def _send(self, messages):
         """The response to one request, retrying what a retry can fix."""
+        import openai
+
         for attempt in range(self.max_retries + 1):
             self.stats.requests_sent += 1
             try:

@@ -27,7 +27,6 @@ import os
 import re
 import string
 from dataclasses import asdict, dataclass
-from importlib import resources
 
 from tqdm.auto import tqdm
 
@@ -41,6 +40,7 @@ from dataset_builders.exp_cot.backends import (
 )
 from dataset_builders.exp_cot.cache import ResponseCache
 from dataset_builders.exp_cot.cot_text import conclusion_label, find_au_mentions, find_emotions, split_cot
+from dataset_builders.exp_cot.prompting import read_data_file
 from modeling_expllm.vocabulary import (
     ACTION_UNITS,
     COT_SECTIONS,
@@ -353,13 +353,13 @@ class JudgePrompts:
 
     @classmethod
     def load(cls, version=DEFAULT_PROMPT_VERSION):
-        folder = resources.files("dataset_builders.exp_cot") / "prompts" / version
         texts = {}
         for name in JUDGE_FILES:
-            path = folder / f"{name}.txt"
-            if not path.is_file():
-                raise ValueError(f"judge prompts {version!r}: {path} is missing")
-            texts[name] = path.read_text(encoding="utf-8").strip()
+            path = f"prompts/{version}/{name}.txt"
+            try:
+                texts[name] = read_data_file(path).strip()
+            except FileNotFoundError as error:
+                raise ValueError(f"judge prompts {version!r}: {error}") from None
             found = {
                 match[1] or match[2] for match in string.Template.pattern.findall(texts[name]) if match[1] or match[2]
             }

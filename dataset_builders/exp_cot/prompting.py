@@ -27,11 +27,35 @@ from importlib import resources
 
 from modeling_expllm.vocabulary import ACTION_UNITS, AU_NAMES, COT_SECTIONS, DEGREE_BANDS, EXPRESSION_LABELS
 
+# This package's data files (the prompt templates, the price table) by path, when these modules run as flat copies
+# written by model_card/bundle.py: a metric folder on the Hub, where evaluate copies .py files only. The generator
+# replaces this line with an import of the texts from its generated resources module; in the package it stays empty
+# and the files are read where they lie. `read_data_file` is the one reader of either.
+EMBEDDED_DATA_FILES = {}
+
 DEFAULT_PROMPT_VERSION = "exp_cot_v1"
 PROCESSES = (
     "system", "au2des", "des2exp", "verify", "reflect", "reveal", "label_feedback", "refine", "refine_retry",
 )  # fmt: skip
 PRICES_FILE = "prices.txt"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The package's data files
+
+
+def read_data_file(path):
+    """The text of one of this package's data files, `path` relative to the package folder ("prompts/prices.txt"):
+    from the texts embedded in a flat copy of these modules when there are any, else from the package itself. Raises
+    FileNotFoundError when there is no such file."""
+    if EMBEDDED_DATA_FILES:
+        if path not in EMBEDDED_DATA_FILES:
+            raise FileNotFoundError(f"{path} is not among the data files bundled with these modules")
+        return EMBEDDED_DATA_FILES[path]
+    file = resources.files(__package__).joinpath(*path.split("/"))
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is not a file")
+    return file.read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -118,15 +142,13 @@ class PromptSet:
 
     @classmethod
     def load(cls, name=DEFAULT_PROMPT_VERSION):
-        folder = resources.files("dataset_builders.exp_cot") / "prompts" / name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no prompt version {name!r}: {folder} is not a folder")
         templates = {}
         for process in PROCESSES:
-            file = folder / f"{process}.txt"
-            if not file.is_file():
-                raise FileNotFoundError(f"prompt version {name!r} lacks {process}.txt (looked in {folder})")
-            templates[process] = string.Template(file.read_text(encoding="utf-8").strip())
+            try:
+                text = read_data_file(f"prompts/{name}/{process}.txt")
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"prompt version {name!r} lacks {process}.txt: {error}") from None
+            templates[process] = string.Template(text.strip())
         return cls(name, templates)
 
     @property
@@ -176,9 +198,9 @@ def _template_regex(template):
 
 def load_prices():
     """{model id: (input $ per 1M tokens, output $ per 1M tokens)} from prompts/prices.txt."""
-    file = resources.files("dataset_builders.exp_cot") / "prompts" / PRICES_FILE
+    file = f"prompts/{PRICES_FILE}"
     prices = {}
-    for line_number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(read_data_file(file).splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

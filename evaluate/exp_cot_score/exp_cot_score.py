@@ -1,16 +1,41 @@
 """Exp-CoT Score: how well generated three-part CoTs agree with reference CoTs, part by part.
 
 Key Observations (0..5), Overall Emotional Interpretation (0..5) and Conclusion (0 or 5) are graded for each pair, and
-Exp-CoT Score = (K + O + C) / 15, as in the ExpLLM paper. The judges live in `dataset_builders.exp_cot.judges`: the
-default lexicon judge is deterministic and needs no API; `judge="openai"` asks an LLM (any OpenAI-compatible
-endpoint), as the paper did with GPT-4o.
+Exp-CoT Score = (K + O + C) / 15, as in the ExpLLM paper. The judges live in `dataset_builders.exp_cot.judges` (here
+`expllm_judges.py`, a generated copy): the default lexicon judge is deterministic and needs no API; `judge="openai"`
+asks an LLM (any OpenAI-compatible endpoint), as the paper did with GPT-4o.
 """
 
 import datasets
 import evaluate
 
-from dataset_builders.exp_cot.judges import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize_scores
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, check_au_vector, normalize_label
+# The project's modules come along as generated flat copies beside this script (model_card/bundle.py), so that the
+# folder works wherever it is copied. evaluate copies only the files the script itself imports relatively, so every
+# file of the bundle is imported here, those this script takes nothing from included. (It reads a comment on such a
+# line as the URL to download the file from: the noqa comments sit inside the parentheses.)
+from .expllm_backends import (
+    BackendConfigError,  # noqa: F401 (what the openai judge raises for a set-up it cannot work with)
+)
+from .expllm_cache import (
+    ResponseCache,  # noqa: F401
+)
+from .expllm_cot_text import (
+    split_cot,  # noqa: F401
+)
+from .expllm_judges import DEFAULT_JUDGE_MODEL, LexiconJudge, OpenAIJudge, summarize_scores
+from .expllm_offline_writer import (
+    write_description,  # noqa: F401
+)
+from .expllm_prompting import (
+    read_data_file,  # noqa: F401
+)
+from .expllm_resources import (
+    EMBEDDED_DATA_FILES,  # noqa: F401
+)
+from .expllm_verification import (
+    verify_description,  # noqa: F401
+)
+from .expllm_vocabulary import EXPRESSION_LABELS, check_au_vector, normalize_label
 
 _CITATION = """\
 @article{lan2025expllm,

@@ -11,8 +11,10 @@ import re
 import datasets
 import evaluate
 
-from dataset_builders.exp_cot.cot_text import conclusion_label, split_cot
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, SEVEN_LABELS, find_answer_labels, normalize_label
+# The project's label table and CoT parser come along as generated flat copies beside this script
+# (model_card/bundle.py), imported one by one from here: evaluate copies only the files the script imports relatively.
+from .expllm_cot_text import conclusion_label, split_cot
+from .expllm_vocabulary import EXPRESSION_LABELS, SEVEN_LABELS, find_answer_labels, normalize_label
 
 _CITATION = """\
 @article{lan2025expllm,
