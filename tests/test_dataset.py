@@ -587,6 +587,9 @@ def test_the_card_is_counted_from_the_data(local_build):
     card = DatasetCard.load(local_build / "README.md")
     data = card.data.to_dict()
     assert data["license"] == "other" and data["size_categories"] == ["n<1K"]
+    assert data["license_name"] == "exp-cot-research-only" and data["license_link"] == "LICENSE.md"
+    terms = (local_build / "LICENSE.md").read_text(encoding="utf-8")
+    assert "`rafdb`: RAF-DB licence" in terms and "`affectnet`: AffectNet licence" in terms
     assert "image-text-to-text" in data["task_categories"]
     configs = {entry["config_name"]: entry for entry in data["configs"]}
     assert list(configs) == ["rafdb", "affectnet", "all", "synthetic", "conversations"] and configs["all"]["default"]

@@ -43,6 +43,7 @@ LICENCES = {
     "synthetic": "the project's own faces, under the project's licence (Apache-2.0)",
 }
 DEFAULT_REPO_ID = "<org>/exp-cot"
+LICENSE_FILE = "LICENSE.md"  # the card's `license_link` when RAF-DB or AffectNet rows make the licence "other"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -234,6 +235,7 @@ def card_metadata(statistics, configs):
         language=["en"],
         license="other" if licensed else "apache-2.0",
         license_name="exp-cot-research-only" if licensed else None,
+        license_link=LICENSE_FILE if licensed else None,  # written beside the card (write_license)
         task_categories=["image-text-to-text", "image-classification"],
         tags=["facial-expression-recognition", "action-units", "chain-of-thought"],
         size_categories=[size_category(records)],
@@ -347,4 +349,22 @@ def write_dataset_card(folder, inputs, repo_id=None):
     # The template's conditional blocks leave runs of blank lines behind; one blank line is what markdown needs.
     card = DatasetCard(re.sub(r"\n{3,}", "\n\n", card.content))
     card.save(folder / "README.md")
+    licensed = [d for d in datasets if d in LICENSED_DATASETS]
+    if licensed:  # the card's `license: other` links to these terms
+        write_license(folder / LICENSE_FILE, licensed)
     return card
+
+
+def write_license(path, licensed):
+    """The terms behind the card's `license: other`: the Hub links it from the licence badge."""
+    terms = "\n".join(f"- `{dataset}`: {LICENCES[dataset]}." for dataset in licensed)
+    path.write_text(
+        "# Exp-CoT: terms of use (exp-cot-research-only)\n\n"
+        "This dataset holds annotations of faces from datasets whose authors grant access under their own terms:\n\n"
+        f"{terms}\n\n"
+        "The labels, action-unit intensities and chains of thought describe those faces and may be used under the "
+        "same terms only: non-commercial research, no redistribution of the images, no identification of the "
+        "people shown. The images are not part of the public dataset; get them from the datasets' authors. The "
+        "release's code and its synthetic faces are Apache-2.0.\n",
+        encoding="utf-8",
+    )
