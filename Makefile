@@ -26,9 +26,16 @@ $(STAMP): $(PY) pyproject.toml constraints.txt $(LOCK)
 demo: $(STAMP)
 	$(PY) -m demo
 
+# The Space's browser test drives Debian's Chromium through its ChromeDriver, both from the system's packages (no
+# browser download); installed once, as root or through sudo.
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	$$(command -v sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$(command -v sudo) apt-get install -y -qq chromium chromium-driver
+
 # transformers' own common model tests come from the installed transformers' sdist (downloaded once, kept in .venv).
 # pytest exits 5 when it collects nothing; treat that as a failure, never as a pass.
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(PY) tests/transformers_suite.py
 	$(PY) -m pytest tests -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$status

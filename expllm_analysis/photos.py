@@ -11,7 +11,7 @@ the processes of `accelerate launch` (one shard each, merged by the main process
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class PictureResult:
     message: str = ""
     pixels: np.ndarray | None = None  # the picture as analysed (for drawing)
     scale: float = 1.0  # from those pixels to the original's
+    crops: list = field(default_factory=list, repr=False)  # each face's aligned crop, in the order of `faces`
 
 
 class FaceAnalyzer:
@@ -121,6 +122,18 @@ class FaceAnalyzer:
             self._explain(pending[start : start + self.batch_size])
         return results
 
+    def explain_picture(self, picture, name="picture"):
+        """One picture for a service (a web page, an endpoint): its PictureResult, where a picture without a usable
+        face is read whole as one face (`box` and `au` None), so that a face crop the detector misses works too."""
+        result = self.analyze_pictures([picture], [name])[0]
+        if result.status in ("no_face", "too_small"):
+            probabilities = self.label_probabilities([result.pixels])[0]
+            label = max(probabilities, key=probabilities.get)
+            cot = self.explain_crops([result.pixels], [label])[0] if self.cot else None
+            whole = {"face_index": 0, "box": None, "au": None, "probabilities": probabilities, "label": label}
+            result.faces, result.crops = [{**whole, "cot": cot}], [result.pixels]
+        return result
+
     def _explain(self, pairs):
         """Label probabilities (and CoTs) of a batch of aligned faces, written into their pictures' results."""
         crops = [face.crop for _, face in pairs]
@@ -135,6 +148,7 @@ class FaceAnalyzer:
             record["label"] = top
             record["cot"] = cot
             result.faces.append(record)
+            result.crops.append(face.crop)
 
     def label_probabilities(self, crops):
         """{label: probability} of each aligned face, in one `predict_expression` call."""
@@ -165,19 +179,51 @@ class FaceAnalyzer:
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
+    def stream_explanation(self, crop, label):
+        """The CoT of one aligned face as it is written: yields the text so far after every few tokens (a generation
+        thread feeds transformers' TextIteratorStreamer, so that a web page can show it growing)."""
+        import threading
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        prompt = self.processor.apply_chat_template(
+            self.processor.label_first_cot_messages(label), add_generation_prompt=True
+        )
+        inputs = self.processor(images=[crop], text=[prompt], return_tensors="pt").to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def generate():
+            with torch.inference_mode():
+                self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, streamer=streamer)
+
+        thread = threading.Thread(target=generate, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text.strip()
+        thread.join()
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Drawing
 
 
 def annotate(result, path):
-    """A copy of the picture with each face's box, index, top label and its probability."""
+    """Save a copy of the picture with each face's box, index, top label and its probability."""
+    annotated_picture(result).save(path)
+
+
+def annotated_picture(result):
+    """The picture (PIL) with each found face's box, index, top label and its probability drawn on it."""
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(result.pixels)
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
-    for face in result.faces:
+    for face in (face for face in result.faces if face["box"] is not None):
         left, top, right, bottom = (v / result.scale for v in face["box"])
         draw.rectangle((left, top, right, bottom), outline=(255, 220, 0), width=width)
         text = f"{face['face_index']}: {face['label']} {face['probabilities'][face['label']]:.2f}"
@@ -185,7 +231,7 @@ def annotate(result, path):
         text_top = max(0, top - (text_box[3] - text_box[1]) - 2 * width)
         draw.rectangle((left, text_top, left + text_box[2] - text_box[0] + 4, top), fill=(255, 220, 0))
         draw.text((left + 2, text_top), text, fill=(0, 0, 0))
-    image.save(path)
+    return image
 
 
 def au_chart(face, path, title):

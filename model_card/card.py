@@ -124,6 +124,7 @@ def write_model_card(
     datasets=(),
     license="llama2",
     description="",
+    space_id=None,
 ):
     """Write the card to `output` and return the parsed `huggingface_hub.ModelCard`."""
     from transformers import AutoProcessor
@@ -159,6 +160,7 @@ def write_model_card(
         template_path=str(TEMPLATE),
         model_name=model_name,
         repo_id=repo_id,
+        space_id=space_id,
         description=description,
         labels=EXPRESSION_LABELS,
         cot_sections=COT_SECTIONS,
@@ -190,11 +192,12 @@ def main(argv=None):
     parser.add_argument("--license", choices=list(LICENCES), default="llama2")
     parser.add_argument("--base-model", nargs="+", default=["facebook/dinov2-large", "lmsys/vicuna-7b-v1.5"])
     parser.add_argument("--dataset", nargs="*", default=[], help="Hub ids of the training datasets")
+    parser.add_argument("--space-id", help="the demo Space of this model, linked from the card")
     args = parser.parse_args(argv)
     output = args.output or str(Path(args.model) / "README.md")
     write_model_card(
         args.model, args.eval, output, args.repo_id, base_model=args.base_model, datasets=args.dataset,
-        license=args.license,
+        license=args.license, space_id=args.space_id,
     )  # fmt: skip
     print(f"wrote {output}")
 

@@ -35,3 +35,12 @@ def tiny_model(tiny_backbones):
     torch.manual_seed(0)
     model, processor = ExpLLMForConditionalGeneration.from_backbones(*tiny_backbones)
     return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def trained_model_folder(tmp_path_factory):
+    """A tiny ExpLLM trained to read synthetic faces' labels (about half a minute), shared by the tests of what stands
+    on a working model: the face analyser, the Hub folders, the Space, the endpoint handler."""
+    from expllm_testing.tiny import train_tiny_expression_model
+
+    return train_tiny_expression_model(str(tmp_path_factory.mktemp("trained") / "expllm-tiny"))

@@ -17,15 +17,14 @@ from expllm_analysis.photos import FaceAnalyzer, analyze_files
 from expllm_analysis.video import VideoError, analyze_video
 from expllm_testing.group_pictures import BACKGROUND, GROUP_SPOTS, compose_faces
 from expllm_testing.synthetic_video import DEFAULT_EPISODES, write_expression_video
-from expllm_testing.tiny import train_tiny_expression_model
 from helpers import REPO_ROOT
 
 pytest.importorskip("mediapipe", reason="the face analyser runs MediaPipe's face landmarker")
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    return train_tiny_expression_model(str(tmp_path_factory.mktemp("trained") / "expllm-tiny"))
+def model_folder(trained_model_folder):
+    return trained_model_folder
 
 
 @pytest.fixture(scope="module")
