@@ -28,18 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from model_card import bundle
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).parent
 METRICS = ("exp_cot_score", "fer_accuracy")
-# The packages a fresh interpreter must not find when a folder is checked as a Hub user gets it.
-PROJECT_PACKAGES = (
-    "modeling_expllm",
-    "dataset_builders",
-    "training",
-    "expllm_testing",
-    "expllm_analysis",
-    "model_card",
-)
+# The packages a fresh interpreter must not find when a folder is checked as a Hub user gets it: those a bundle copies
+# from, and the testing and publishing code.
+PROJECT_PACKAGES = (*bundle.PROJECT_PACKAGES, "expllm_testing", "model_card")
 # What the handler and the Space import besides the model's remote code, with lower bounds from the tested
 # environment (requirements.lock). The Inference Endpoints image brings torch; a Space installs it from here.
 HANDLER_REQUIREMENTS = ("transformers", "tokenizers", "safetensors", "mediapipe", "opencv-contrib-python", "pillow",
@@ -97,9 +93,7 @@ def landmarker_file():
 
 def write_analyser(folder):
     """The analyser's flat modules (`expllm_photos.py`, ...) and MediaPipe's landmarker bundle into `folder`."""
-    from model_card.bundle import write_bundle
-
-    write_bundle(list(ANALYSER_MODULES), folder, relative=False)
+    bundle.write_bundle(list(ANALYSER_MODULES), folder, relative=False)
     shutil.copyfile(landmarker_file(), Path(folder) / "face_landmarker.task")
 
 
@@ -157,6 +151,10 @@ def build_all(args):
     """Every repo folder under `args.output` (emptied first). Returns {repo_id: (repo_type, folder)}."""
     output = Path(args.output)
     if output.exists():
+        unexpected = sorted(path.name for path in output.iterdir() if path.name not in ("model", "datasets", "spaces"))
+        if unexpected:
+            raise SystemExit(f"--output {output} holds {unexpected[:5]}: not an earlier build of this command; "
+                             "name an empty or new folder")  # fmt: skip
         shutil.rmtree(output)
     output.mkdir(parents=True)
     model_id, dataset_id = f"{args.org}/{args.model_name}", f"{args.org}/{args.dataset_name}"
@@ -301,12 +299,17 @@ def print_tree(output):
 # Uploading
 
 
-def upload(repos, private):
-    from huggingface_hub import HfApi
-
+def hub_token():
+    """The Hub token, from the environment only (never a file, never printed)."""
     token = os.environ.get("HF_TOKEN")
     if not token:
         raise SystemExit("set HF_TOKEN to a Hub token with write access to upload (or pass --dry-run)")
+    return token
+
+
+def upload(repos, private, token):
+    from huggingface_hub import HfApi
+
     api = HfApi(token=token)
     for repo_id, (repo_type, folder) in repos.items():
         api.create_repo(
@@ -340,6 +343,7 @@ def main(argv=None):
     for name, path in (("--model", args.model), ("--dataset", args.dataset), *(("--eval", e) for e in args.eval)):
         if not Path(path).exists():
             parser.error(f"{name} {path}: no such file or folder")
+    token = None if args.dry_run else hub_token()  # before any work: a missing token should cost nothing
     repos = build_all(args)
     example = next((repos[f"{args.org}/{args.space_name}"][1] / "examples").glob("happiness.png"))
     for repo_id, report in validate(repos, example).items():
@@ -349,7 +353,7 @@ def main(argv=None):
     if args.dry_run:
         print("dry run: nothing uploaded")
         return
-    upload(repos, args.private)
+    upload(repos, args.private, token)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,26 @@ def test_publish_dry_run_builds_and_validates_every_repo(hub):
     assert "{{" not in space_readme and f"- {ORG}/expllm" in space_readme
 
 
+def test_publish_refuses_without_a_token_or_over_another_folder_before_any_work(tmp_path, monkeypatch, capsys):
+    from model_card import publish
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    arguments = ["--model", str(tmp_path), "--dataset", str(tmp_path), "--org", ORG]
+    with pytest.raises(SystemExit, match="set HF_TOKEN"):
+        publish.main([*arguments, "--output", str(tmp_path / "hub")])
+    assert not (tmp_path / "hub").exists()
+    keep = tmp_path / "mine" / "notes.txt"
+    keep.parent.mkdir()
+    keep.write_text("not a build")
+    with pytest.raises(SystemExit, match="not an earlier build"):
+        publish.main([*arguments, "--output", str(keep.parent), "--dry-run"])
+    assert keep.read_text() == "not a build"
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token_value")
+    with pytest.raises(SystemExit):
+        publish.main([*arguments, "--model", str(tmp_path / "missing"), "--output", str(tmp_path / "hub")])
+    assert "hf_secret_token_value" not in capsys.readouterr().err
+
+
 def test_the_shipped_requirements_are_what_was_tested(hub):
     from packaging.requirements import Requirement
 
