@@ -25,6 +25,9 @@ from model_card import bundle
 METRICS = tuple(Path(folder).name for folder in bundle.METRIC_BUNDLES)
 METRICS_DIR = Path(REPO_ROOT) / "evaluate"
 API_KEY = "test-key"
+# The metric Spaces run evaluate's widget on gradio 3.19.1, whose web stack needs an older fastapi than the project's:
+# an upper bound for the Space's environment, not a distribution of this one.
+SPACE_RUNTIME_PINS = {"fastapi"}
 
 FER_CASES = [
     {
@@ -332,6 +335,9 @@ def test_requirements_come_from_the_package_index_and_cover_the_imports(name):
     names = {requirement.name.lower() for requirement in requirements}
     assert "expllm" not in names
     for requirement in requirements:
+        if requirement.name in SPACE_RUNTIME_PINS:
+            assert str(requirement.specifier).startswith("<"), requirement
+            continue
         installed = importlib.metadata.version(requirement.name)  # raises when it is no distribution here
         assert requirement.specifier and installed in requirement.specifier, (requirement, installed)
     # Every third-party module the folder's files import is installed by some requirement.
