@@ -101,12 +101,15 @@ def write_analyser(folder):
 # Building the folders
 
 
-def build_model_repo(model_dir, folder, repo_id, eval_files, space_id, license):
+def build_model_repo(model_dir, folder, repo_id, eval_files, space_id, dataset_id, license, base_model):
     from model_card.card import write_model_card
 
     folder = Path(folder)
     shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("README.md", "*.bin", "*.pt", "*.pth", "*.pkl"))
-    write_model_card(folder, eval_files, folder / "README.md", repo_id, license=license, space_id=space_id)
+    write_model_card(
+        folder, eval_files, folder / "README.md", repo_id, base_model=base_model, datasets=[dataset_id],
+        license=license, space_id=space_id,
+    )  # fmt: skip
     shutil.copyfile(HERE / "handler.py", folder / "handler.py")
     write_analyser(folder)
     (folder / "requirements.txt").write_text("\n".join(requirement_lines(HANDLER_REQUIREMENTS)) + "\n")
@@ -165,7 +168,9 @@ def build_all(args):
         **{f"{args.org}/{name}": ("space", output / "spaces" / name) for name in METRICS},
         space_id: ("space", output / "spaces" / args.space_name),
     }
-    build_model_repo(args.model, repos[model_id][1], model_id, args.eval, space_id, args.license)
+    build_model_repo(
+        args.model, repos[model_id][1], model_id, args.eval, space_id, dataset_id, args.license, args.base_model
+    )
     build_dataset_repo(args.dataset, repos[dataset_id][1])
     for name in METRICS:
         build_metric_space(name, repos[f"{args.org}/{name}"][1])
@@ -336,6 +341,10 @@ def main(argv=None):
     parser.add_argument("--dataset-name", default="exp-cot")
     parser.add_argument("--space-name", default="expllm-demo")
     parser.add_argument("--license", default="llama2", help="the model's licence (model_card.card.LICENCES)")
+    parser.add_argument(
+        "--base-model", nargs="*", default=["facebook/dinov2-large", "lmsys/vicuna-7b-v1.5"],
+        help="the towers' Hub ids for the card (none for a model trained from scratch)",
+    )  # fmt: skip
     parser.add_argument("--output", default="out/hub")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="build and validate, print the tree, upload nothing")

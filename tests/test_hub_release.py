@@ -47,7 +47,7 @@ def hub(trained_model_folder, dataset_folder, tmp_path_factory):
     """`python -m model_card.publish --dry-run` as a user runs it; returns the output folder and what it printed."""
     output = tmp_path_factory.mktemp("hub") / "hub"
     command = [sys.executable, "-m", "model_card.publish", "--model", trained_model_folder, "--dataset",
-               str(dataset_folder), "--org", ORG, "--license", "apache-2.0", "--output", str(output),
+               str(dataset_folder), "--org", ORG, "--license", "apache-2.0", "--base-model", "--output", str(output),
                "--dry-run"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("HF_TOKEN", None)
@@ -88,6 +88,7 @@ def test_publish_dry_run_builds_and_validates_every_repo(hub):
     assert "dry run: nothing uploaded" in printed
     card = ModelCard.load(model / "README.md")
     assert card.data.pipeline_tag == "image-text-to-text" and f"spaces/{ORG}/expllm-demo" in card.text
+    assert card.data.datasets == [f"{ORG}/exp-cot"] and card.data.base_model is None  # trained from scratch
     assert "handler.py" in card.text and str(REPO_ROOT) not in card.text
     space_readme = (space / "README.md").read_text()
     assert "{{" not in space_readme and f"- {ORG}/expllm" in space_readme
