@@ -11,6 +11,9 @@ question (--fer-mode generate), which the official protocol scores strictly: the
 With --cot the model also answers the step-by-step question in the same conversation, after its label answer
 (label-first, the official order) or before it (--cot-order cot-first), and the CoTs are graded against the dataset's
 reference CoTs by `evaluate/exp_cot_score` (lexicon judge by default, --judge openai for the paper's LLM judge).
+Their form is checked too (`exp_cot.form`): the share with all three sections, without an AU index ("AU 12"), within
+130 words, and the mean Jaccard index between the action units the generated and the reference Key Observations
+describe (read by the project's CoT parser, `find_au_mentions`).
 
 --protocol official adds the official scorer beside the release's figures: greedy generation of the single label
 round, at most 100 new tokens, an answer counts only if it is exactly the label after stripping, and CoTs asked
@@ -27,6 +30,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -459,6 +463,49 @@ def evaluate_official(args, model, processor, dataset, labels, label_set, sample
     return {key: value for key, value in fer.items() if key != "parsed_predictions"}
 
 
+# The Format Refinement's rules (DESIGN section 5): three sections, no AU numbers such as "AU 12", at most 130 words.
+AU_NUMBER = re.compile(r"\bAUs?\s*-?\s*\d+", re.IGNORECASE)
+
+
+def key_observation_units(text):
+    """The action units (indices) a CoT's Key Observations describe as present, read by the project's CoT parser."""
+    from dataset_builders.exp_cot.cot_text import find_au_mentions, split_cot
+
+    return {mention.au for mention in find_au_mentions(split_cot(text).key_observations)}
+
+
+def cot_form(generated, reference):
+    """One generated CoT against the Format Refinement's rules, and the Jaccard index between the action units its
+    Key Observations describe and those of the reference's (sides count: the left and the right brow are two units;
+    degrees do not, the Exp-CoT Score grades them). Two texts that describe no unit agree fully."""
+    from dataset_builders.exp_cot.cot_text import split_cot
+    from modeling_expllm.vocabulary import COT_MAX_WORDS
+
+    units, reference_units = key_observation_units(generated), key_observation_units(reference)
+    union = units | reference_units
+    return {
+        "all_sections": split_cot(generated).complete,
+        "au_index": AU_NUMBER.search(generated) is not None,
+        "words": len(generated.split()),
+        "within_word_limit": len(generated.split()) <= COT_MAX_WORDS,
+        "au_jaccard": len(units & reference_units) / len(union) if union else 1.0,
+    }
+
+
+def summarize_form(forms):
+    """Shares of the CoTs that meet each rule and all of them, and the mean AU Jaccard index."""
+    count = len(forms)
+    valid = [f["all_sections"] and not f["au_index"] and f["within_word_limit"] for f in forms]
+    return {
+        "with_all_sections": sum(f["all_sections"] for f in forms) / count,
+        "without_au_index": sum(not f["au_index"] for f in forms) / count,
+        "within_word_limit": sum(f["within_word_limit"] for f in forms) / count,
+        "valid_form": sum(valid) / count,
+        "mean_words": sum(f["words"] for f in forms) / count,
+        "au_jaccard": sum(f["au_jaccard"] for f in forms) / count,
+    }
+
+
 def evaluate_cots(args, model, processor, dataset, labels, references, label_set, samples, fer_metric, device, dtype):
     """The Exp-CoT Score of the records with a reference CoT, per-sample CoTs written into `samples`."""
     import evaluate
@@ -481,8 +528,16 @@ def evaluate_cots(args, model, processor, dataset, labels, references, label_set
     cot = {key: value for key, value in scored.items() if key != "per_sample"}
     cot["records_without_reference"] = len(references) - len(indices)
     cot["label_accuracy_in_cot_conversation"] = in_conversation["accuracy"]
-    for i, text, answer, scores in zip(indices, cots, label_answers, scored["per_sample"]):
-        samples[i]["cot"] = {"generated": text, "label_answer": answer, "scores": scores}
+    forms = [cot_form(text, references[i]) for i, text in zip(indices, cots)]
+    cot["form"] = summarize_form(forms)
+    for i, text, answer, scores, form in zip(indices, cots, label_answers, scored["per_sample"], forms):
+        samples[i]["cot"] = {
+            "generated": text,
+            "reference": references[i],
+            "label_answer": answer,
+            "scores": scores,
+            "form": form,
+        }
     return cot
 
 
@@ -515,6 +570,15 @@ def print_summary(args, results, output_dir):
         print(
             f"Exp-CoT Score ({cot['judge']}, {cot['num_judged']}/{cot['num_samples']} judged): {cot['exp_cot_score']}"
             f" (K {cot['key_observations']}, O {cot['overall_interpretation']}, C {cot['conclusion']})"
+        )
+        from modeling_expllm.vocabulary import COT_MAX_WORDS
+
+        form = cot["form"]
+        print(
+            f"CoT form ({args.cot_order}): {form['with_all_sections']:.1%} with all three sections, "
+            f"{form['without_au_index']:.1%} without an AU index, {form['within_word_limit']:.1%} within "
+            f"{COT_MAX_WORDS} words (mean {form['mean_words']:.0f}), {form['valid_form']:.1%} all three; Key "
+            f"Observations' AUs against the reference's: mean Jaccard {form['au_jaccard']:.3f}"
         )
     print(f"wrote {output_dir / 'eval_results.json'}, confusion_matrix.png, model_index.yaml")
 
