@@ -16,7 +16,10 @@ when every record has a CoT), from the Exp-CoT dataset's record config or its `c
 Add `--eval_strategy steps --eval_steps N` to also report the loss on `--dataset_test_split` (default "test").
 
 A tiny model on this CPU (what `make demo` runs after giving the tiny towers a head start, see demo.py), stage 1
-then stage 2, one torch thread per process:
+then stage 2, one torch thread per process. Unlike the official training, configs/tiny_cpu.yaml also lists every CoT
+sample label-first, the order the official evaluation asks in (`--label_first_cot_repeats 1`; the paper-size configs
+keep 0): a 7B language model answers the CoT question after a label round it never saw in training, the tiny one
+does not. It also batches samples of similar lengths (`--train_sampling_strategy group_by_length`).
 
     OMP_NUM_THREADS=1 python train_sft.py --config configs/tiny_cpu.yaml --stage 1 --vision_model V --text_model T \
         --dataset_name out/pretrain/chat.json --image_folder out/pretrain --output_dir out/tiny-stage1
@@ -63,6 +66,11 @@ class ScriptArguments(trl.ScriptArguments):
     affectnet_root: str | None = field(default=None, metadata={"help": "Your AffectNet folder (annotation-only)."})
     fer_repeats: int = field(default=3, metadata={"help": "Times each record's FER sample is in an epoch (paper: 3)."})
     cot_repeats: int = field(default=1, metadata={"help": "Times each CoT sample is in an epoch (paper: 1)."})
+    label_first_cot_repeats: int = field(
+        default=0,
+        metadata={"help": "Times each CoT sample is also in an epoch label round first, the official evaluation's "
+                  "order (official training: 0, CoT-first only)."},
+    )  # fmt: skip
     loss_average: str = field(
         default="token",
         metadata={
@@ -104,8 +112,11 @@ def main(script_args, training_args, model_args):
     with training_args.main_process_first(desc="reading the training data"):
         fresh = training_args.local_process_index == 0
 
+        # Length-grouped batches pad a label answer's sample to another short one, not to a CoT's length.
+        grouped = training_args.train_sampling_strategy == "group_by_length"
+
         def samples(split):
-            return load_training_samples(script_args, split, processor, training_args.max_length, fresh)
+            return load_training_samples(script_args, split, processor, training_args.max_length, fresh, grouped)
 
         train_dataset = samples(script_args.dataset_train_split)
         eval_dataset = samples(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None

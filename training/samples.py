@@ -16,9 +16,9 @@ import warnings
 from datasets import Dataset
 
 from dataset_builders.exp_cot_dataset import load_exp_cot, with_local_images
-from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages, turn
+from modeling_expllm.vocabulary import EXPRESSION_LABELS, cot_messages, fer_messages, label_first_cot_messages, turn
 
-from .checks import check_images, fitting_entries
+from .checks import check_images, fitting_entries, sequence_lengths
 
 # The instruction of a stage-1 caption sample when the source gives none (LLaVA's layout brings its own). The chat
 # template introduces it with the analysis task, as any question that asks for a description.
@@ -79,12 +79,20 @@ class NoCotWarning(UserWarning):
     """Stage 2 was asked for CoT samples and the training data has none: it trains on labels alone."""
 
 
-def mix_fer_and_cot(entries, fer_repeats=3, cot_repeats=1):
+# The kind of a CoT sample asked in the official evaluation's order: the label round first, then the CoT round. The
+# official training lists CoT samples CoT-first only; `--label_first_cot_repeats` adds these (training_rows).
+LABEL_FIRST_COT = "cot_label_first"
+
+
+def mix_fer_and_cot(entries, fer_repeats=3, cot_repeats=1, label_first_cot_repeats=0):
     """The epoch listing, as the official one: every record's FER sample `fer_repeats` times and every CoT sample
     `cot_repeats` times (the paper's 3 and 1: CoT is 0.25 of the samples when every record has a CoT; with fewer CoTs
     the share follows from the data, and every record still gets its FER samples). Other kinds appear once.
-    `fer_repeats=0` or `cot_repeats=0` are the paper's 0:1 and 1:0 ablations."""
-    for name, value in (("fer_repeats", fer_repeats), ("cot_repeats", cot_repeats)):
+    `fer_repeats=0` or `cot_repeats=0` are the paper's 0:1 and 1:0 ablations. `label_first_cot_repeats` (0 in the
+    official training) adds every CoT sample that many times again in the label-first order the official evaluation
+    asks in."""
+    repeats = (("fer_repeats", fer_repeats), ("cot_repeats", cot_repeats))
+    for name, value in repeats + (("label_first_cot_repeats", label_first_cot_repeats),):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     cot = [entry for entry in entries if entry[1] == "cot"]
@@ -98,7 +106,8 @@ def mix_fer_and_cot(entries, fer_repeats=3, cot_repeats=1):
             NoCotWarning,
             2,
         )
-    listing = fer * fer_repeats + cot * cot_repeats + other
+    label_first = [(index, LABEL_FIRST_COT) for index, _ in cot]
+    listing = fer * fer_repeats + cot * cot_repeats + label_first * label_first_cot_repeats + other
     if not listing:
         raise ValueError("the training data has no samples")
     return listing
@@ -115,17 +124,21 @@ def first_records(source, entries, count):
     return [entry for entry in entries if record_of(entry[0]) in chosen]
 
 
-def training_dataset(source, listing):
+def training_dataset(source, listing, lengths=None):
     """The `datasets.Dataset` the trainer iterates: one row per listing entry, built from `source` when read, as
-    `{"images", "messages", "position"}`."""
-    index = Dataset.from_dict(
-        {
-            "source_index": [entry[0] for entry in listing],
-            "kind": [entry[1] for entry in listing],
-            "position": list(range(len(listing))),
-        }
+    `{"images", "messages", "position"}`. With `lengths` (tokens per entry) it also has a plain `length` column, which
+    the trainer's length-grouped sampler reads without building any row."""
+    columns = {
+        "source_index": [entry[0] for entry in listing],
+        "kind": [entry[1] for entry in listing],
+        "position": list(range(len(listing))),
+    }
+    if lengths is not None:
+        columns["length"] = lengths
+    built = list(columns)[:3]
+    return Dataset.from_dict(columns).with_transform(
+        lambda batch: training_rows(source, batch), columns=built, output_all_columns=True
     )
-    return index.with_transform(lambda batch: training_rows(source, batch))
 
 
 def training_rows(source, batch):
@@ -135,16 +148,36 @@ def training_rows(source, batch):
         record = source[index]
         if "messages" in record:
             images, messages = record["images"], record["messages"]
+            if kind == LABEL_FIRST_COT:
+                messages = label_round_first(messages)
         elif kind == "caption":
             images = [record["image"]]
             messages = [turn("user", CAPTION_QUESTION, with_image=True), turn("assistant", record["caption"])]
         else:
             label = label_name(record["label"], source.features["label"], record.get("id", index))
             images = [record["image"]]
-            messages = fer_messages(label) if kind == "fer" else cot_messages(record["cot"]["text"], label)
+            if kind == "fer":
+                messages = fer_messages(label)
+            elif kind == LABEL_FIRST_COT:
+                messages = label_first_cot_messages(label, record["cot"]["text"])
+            else:
+                messages = cot_messages(record["cot"]["text"], label)
         rows["images"].append(images)
         rows["messages"].append(messages)
     return rows
+
+
+def label_round_first(messages):
+    """A two-round CoT conversation (CoT round, then label round) with its rounds swapped, the image kept in the first
+    user turn: the order of `label_first_cot_messages`."""
+    if len(messages) != 4 or [m["role"] for m in messages] != ["user", "assistant"] * 2:
+        raise ValueError(
+            "a label-first CoT sample needs a two-round CoT conversation (user, assistant, user, assistant)"
+        )
+    image = [part for part in messages[0]["content"] if part.get("type") == "image"]
+    cot_question = dict(messages[0], content=[part for part in messages[0]["content"] if part.get("type") != "image"])
+    label_question = dict(messages[2], content=image + list(messages[2]["content"]))
+    return [label_question, messages[3], cot_question, messages[1]]
 
 
 def label_name(label, feature, record_id):
@@ -175,15 +208,25 @@ def read_source(script_args, split, fresh=True):
     return expression_source(dataset)
 
 
-def load_training_samples(script_args, split, processor, max_length, fresh=True):
+def load_training_samples(script_args, split, processor, max_length, fresh=True, with_lengths=False):
     """The samples of one epoch of `split` as a `datasets.Dataset` read lazily, checked before any compute: the
     first `max_train_samples` records, every image readable, every sequence within `max_length` (checked per kind,
-    before the FER and CoT samples are mixed), then mixed for stage 2."""
+    before the FER and CoT samples are mixed), then mixed for stage 2. `with_lengths`: with a `length` column, for
+    `--train_sampling_strategy group_by_length`."""
     source, entries = read_source(script_args, split, fresh)
     entries = first_records(source, entries, script_args.max_train_samples)
     if script_args.check_images:
         check_images(training_dataset(source, entries), processor)
     entries = fitting_entries(training_dataset(source, entries), entries, processor, max_length, script_args.overlong)
+    length_of = (
+        dict(zip(entries, sequence_lengths(training_dataset(source, entries), processor))) if with_lengths else {}
+    )
     if script_args.stage == 2:
-        entries = mix_fer_and_cot(entries, script_args.fer_repeats, script_args.cot_repeats)
-    return training_dataset(source, entries)
+        entries = mix_fer_and_cot(
+            entries, script_args.fer_repeats, script_args.cot_repeats, script_args.label_first_cot_repeats
+        )
+    if not with_lengths:
+        return training_dataset(source, entries)
+    # A label-first CoT sample has the tokens of its CoT-first one in another order.
+    lengths = [length_of[(index, "cot" if kind == LABEL_FIRST_COT else kind)] for index, kind in entries]
+    return training_dataset(source, entries, lengths)
