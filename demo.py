@@ -10,7 +10,10 @@
 6. `evaluate/run_eval.py` scores the model before and after training: accuracy on held-out faces, the Exp-CoT Score
    (lexicon judge) against the engine's CoTs, and a confusion matrix, also with the official protocol;
 7. `expllm-analyze` (faces in the wild) explains every face of a picture with several people and follows two faces
-   through a short video: annotated picture, per-face JSON lines, timeline JSON and plot.
+   through a short video: annotated picture, per-face JSON lines, timeline JSON and plot;
+8. `python -m model_card.publish --dry-run` builds every Hub repo folder under `out/hub/` (the model with its card,
+   endpoint handler and requirements; the dataset; the two metric Spaces; the demo Space) and checks each without the
+   project, as its user would.
 
 Everything is written under `out/` (or `--output-dir`); each step reuses nothing from an earlier demo run.
 """
@@ -323,6 +326,23 @@ def analyze_in_the_wild(model_folder, output_dir):
     print(f"summary: {timeline['summary'][:400]}")
 
 
+def publish_dry_run(model_folder, dataset_folder, evaluation_files, output_dir):
+    """`python -m model_card.publish --dry-run` as a user runs it: every Hub repo folder built and checked without the
+    project (the model through the AutoClasses and its endpoint handler, the dataset through load_dataset, the metrics
+    through evaluate.load, the Space's modules), nothing uploaded."""
+    step("8. The release on the Hub: model_card.publish --dry-run builds and checks every repo folder")
+    hub = os.path.join(output_dir, "hub")
+    # The demo's model is trained from scratch on synthetic faces: Apache-2.0, no base model on its card.
+    run(
+        [sys.executable, "-m", "model_card.publish", "--model", model_folder, "--dataset", dataset_folder,
+         "--org", "expllm-demo", "--eval", *evaluation_files, "--license",
+         "apache-2.0", "--base-model", "--output", hub, "--dry-run"],
+        "publish --dry-run",
+    )  # fmt: skip
+    print(f"model card: {os.path.join(hub, 'model', 'expllm', 'README.md')}; the Space: "
+          f"EXPLLM_MODEL={model_folder} python app.py in {os.path.join(hub, 'spaces', 'expllm-demo')}")  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="out")
@@ -358,7 +378,9 @@ def main():
     print_summary(evaluations, training_seconds)
 
     analyze_in_the_wild(trained, args.output_dir)
-    analyze_in_the_wild(trained, args.output_dir)
+    evaluation_files = [os.path.join(evaluations["trained", order][1], "eval_results.json") for order in
+                        ("label-first", "cot-first")]  # fmt: skip
+    publish_dry_run(trained, dataset_folder, evaluation_files, args.output_dir)
 
     step(f"done in {time.time() - started:.0f} s")
 

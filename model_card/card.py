@@ -107,6 +107,11 @@ def training_text(model_dir):
         f"FER samples {script.get('fer_repeats')} x and CoT samples {script.get('cot_repeats')} x an epoch, loss "
         f"averaged per {script.get('loss_average', 'token')}",
     ]
+    if script.get("label_first_cot_repeats"):
+        parts.append(
+            f"each CoT also {script['label_first_cot_repeats']} x in the official evaluation's order (the label "
+            "round first), which the official training does not show"
+        )
     if model.get("use_peft"):
         parts.append(
             f"LoRA r={model.get('lora_r')}, alpha={model.get('lora_alpha')} on {model.get('lora_target_modules')}"

@@ -106,10 +106,13 @@ def build_model_repo(model_dir, folder, repo_id, eval_files, space_id, dataset_i
 
     folder = Path(folder)
     shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("README.md", "*.bin", "*.pt", "*.pth", "*.pkl"))
+    # The card reads the training record beside the model or, for a merged model, in the training folder above it
+    # (the record itself stays home: it holds this machine's paths).
     write_model_card(
-        folder, eval_files, folder / "README.md", repo_id, base_model=base_model, datasets=[dataset_id],
+        model_dir, eval_files, folder / "README.md", repo_id, base_model=base_model, datasets=[dataset_id],
         license=license, space_id=space_id,
     )  # fmt: skip
+
     shutil.copyfile(HERE / "handler.py", folder / "handler.py")
     write_analyser(folder)
     (folder / "requirements.txt").write_text("\n".join(requirement_lines(HANDLER_REQUIREMENTS)) + "\n")

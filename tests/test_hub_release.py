@@ -90,6 +90,7 @@ def test_publish_dry_run_builds_and_validates_every_repo(hub):
     assert card.data.pipeline_tag == "image-text-to-text" and f"spaces/{ORG}/expllm-demo" in card.text
     assert card.data.datasets == [f"{ORG}/exp-cot"] and card.data.base_model is None  # trained from scratch
     assert "handler.py" in card.text and str(REPO_ROOT) not in card.text
+    assert not list(model.rglob("expllm_training.yaml"))  # the training record holds local paths: never published
     space_readme = (space / "README.md").read_text()
     assert "{{" not in space_readme and f"- {ORG}/expllm" in space_readme
 
