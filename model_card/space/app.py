@@ -31,34 +31,36 @@ def model_name():
     raise SystemExit("no model: set EXPLLM_MODEL to a Hub id or a folder of an ExpLLM model")
 
 
-def probability_figure(faces):
-    """One horizontal bar chart of label probabilities per face, side by side."""
-    figure, axes = plt.subplots(1, len(faces), figsize=(3.2 * len(faces), 3.2), squeeze=False)
-    for number, (face, axis) in enumerate(zip(faces, axes[0])):
-        labels = list(face["probabilities"])
-        axis.barh(labels, [face["probabilities"][label] for label in labels], color="tab:blue")
+def bar_charts(charts, names, colour, height, empty):
+    """Horizontal bar charts side by side, one per (title, values) in `charts`, on a 0..1 axis with `names`."""
+    figure, axes = plt.subplots(1, max(1, len(charts)), figsize=(3.4 * max(1, len(charts)), height), squeeze=False)
+    if not charts:
+        axes[0][0].text(0.5, 0.5, empty, ha="center", va="center")
+        axes[0][0].axis("off")
+    for axis, (title, values) in zip(axes[0], charts):
+        axis.barh(range(len(names)), values, color=colour)
+        axis.set_yticks(range(len(names)), names, fontsize=8 if len(names) < 10 else 7)
         axis.invert_yaxis()
         axis.set_xlim(0, 1)
-        axis.set_title(f"face {number}: {face['label']}", fontsize=10)
+        axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return figure
+
+
+def probability_figure(faces):
+    """Each face's label probabilities."""
+    names = list(faces[0]["probabilities"])
+    charts = [
+        (f"face {n}: {face['label']}", [face["probabilities"][label] for label in names])
+        for n, face in enumerate(faces)
+    ]
+    return bar_charts(charts, names, "tab:blue", 3.2, "")
 
 
 def au_figure(faces):
     """The 24 FEAFA AU intensities of each face the landmarker read (a whole-picture reading has none)."""
-    read = [(number, face) for number, face in enumerate(faces) if face["au"] is not None]
-    figure, axes = plt.subplots(1, max(1, len(read)), figsize=(3.6 * max(1, len(read)), 5.2), squeeze=False)
-    if not read:
-        axes[0][0].text(0.5, 0.5, "no face found: no AU reading", ha="center", va="center")
-        axes[0][0].axis("off")
-    for axis, (number, face) in zip(axes[0], read):
-        axis.barh(range(len(AU_NAMES)), face["au"], color="tab:orange")
-        axis.set_yticks(range(len(AU_NAMES)), AU_NAMES, fontsize=7)
-        axis.invert_yaxis()
-        axis.set_xlim(0, 1)
-        axis.set_title(f"face {number}: AU intensity", fontsize=10)
-    figure.tight_layout()
-    return figure
+    charts = [(f"face {n}: AU intensity", face["au"]) for n, face in enumerate(faces) if face["au"] is not None]
+    return bar_charts(charts, AU_NAMES, "tab:orange", 5.2, "no face found: no AU reading")
 
 
 def top_labels(faces):
