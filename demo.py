@@ -151,9 +151,10 @@ def train(output_dir, backbones, records, dataset_folder, language_model_steps=N
     started = time.time()
     # Stage 0 stands in for downloading pretrained towers (DINOv2, Vicuna), which the paper's recipe starts from:
     # the language model learns the conversation format, the vision tower learns to see facial movements (AUs).
-    # Stage 2 trains LoRA on q/v only, so the language model's fluency in the CoTs' words and layout comes from here:
-    # 120 steps left it repeating itself (bench/RESULTS.md, issue 15). It reads both orders of a CoT conversation, the
-    # one the official training shows (CoT first) and the one the official evaluation asks in (label first).
+    # Stage 2 trains only LoRA (r=8) and the projector, so the language model's fluency in the CoTs' words and layout
+    # comes from here: 120 steps left it repeating itself (bench/RESULTS.md, issue 15). It reads both orders of a CoT
+    # conversation, the one the official training shows (CoT first) and the one the official evaluation asks in (label
+    # first).
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     labels = [EXPRESSION_LABELS[label] for label in records["label"]]
     cots = [cot["text"] for cot in records["cot"]]
@@ -195,7 +196,9 @@ def train(output_dir, backbones, records, dataset_folder, language_model_steps=N
         f"training time: stage 0 {stage0:.0f} s + train_sft.py stages 1 and 2 {sft:.0f} s = {stage0 + sft:.0f} s "
         f"({(stage0 + sft) / 60:.1f} min)"
     )
-    return os.path.join(stage2, "merged"), stage0 + sft
+    merged = os.path.join(stage2, "merged")
+    # Without LoRA (`--use_peft false`, bench/demo_recipe.py's full-stage2) stage 2 saves the whole model itself.
+    return (merged if os.path.isdir(merged) else stage2), stage0 + sft
 
 
 def evaluate_model(model_folder, dataset_folder, output_dir, name, cot_order="label-first"):

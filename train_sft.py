@@ -19,7 +19,8 @@ A tiny model on this CPU (what `make demo` runs after giving the tiny towers a h
 then stage 2, one torch thread per process. Unlike the official training, configs/tiny_cpu.yaml also lists every CoT
 sample label-first, the order the official evaluation asks in (`--label_first_cot_repeats 1`; the paper-size configs
 keep 0): a 7B language model answers the CoT question after a label round it never saw in training, the tiny one
-does not. It also batches samples of similar lengths (`--train_sampling_strategy group_by_length`).
+does not. It also lists each CoT three times CoT-first, puts LoRA on every linear layer (the paper's is on q/v only),
+and batches samples of similar lengths (`--train_sampling_strategy group_by_length`).
 
     OMP_NUM_THREADS=1 python train_sft.py --config configs/tiny_cpu.yaml --stage 1 --vision_model V --text_model T \
         --dataset_name out/pretrain/chat.json --image_folder out/pretrain --output_dir out/tiny-stage1

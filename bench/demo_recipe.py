@@ -21,18 +21,28 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 RANDOM_ORDER = ["--train_sampling_strategy", "random"]
+# The paper's LoRA targets, which configs/tiny_cpu.yaml had before it put LoRA on every linear layer.
+QV = ["--lora_target_modules", "q_proj", "v_proj"]
+ALL_LINEAR = ["--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # name: (language-model sizes over demo.TINY, stage-0 steps, label-first transcripts in stage 0, stage-2 arguments).
 # "before" is the recipe before issue 15; "demo" is configs/tiny_cpu.yaml and demo.py as they are now.
 VARIANTS = {
-    "before": ({}, 120, False, ["--label_first_cot_repeats", "0", "--cot_repeats", "1", *RANDOM_ORDER]),
+    "before": ({}, 120, False, [*QV, "--label_first_cot_repeats", "0", "--cot_repeats", "1", *RANDOM_ORDER]),
     "larger-lm": (
         {"text_hidden_size": 128, "text_layers": 4},
         600,
         True,
-        ["--label_first_cot_repeats", "0", "--cot_repeats", "1", *RANDOM_ORDER],
+        [*QV, "--label_first_cot_repeats", "0", "--cot_repeats", "1", *RANDOM_ORDER],
     ),
-    "both-orders": ({}, 600, True, ["--label_first_cot_repeats", "1", "--cot_repeats", "1", *RANDOM_ORDER]),
-    "both-orders-grouped": ({}, 600, True, ["--label_first_cot_repeats", "1", "--cot_repeats", "1"]),
+    "both-orders": ({}, 600, True, [*QV, "--label_first_cot_repeats", "1", "--cot_repeats", "1", *RANDOM_ORDER]),
+    "both-orders-grouped": ({}, 600, True, [*QV, "--label_first_cot_repeats", "1", "--cot_repeats", "1"]),
+    "qv-cot2": ({}, 600, True, [*QV, "--cot_repeats", "2"]),
+    "all-linear-cot2": ({}, 600, True, [*ALL_LINEAR, "--cot_repeats", "2"]),
+    "all-linear-r16": ({}, 600, True, [*ALL_LINEAR, "--cot_repeats", "2", "--lora_r", "16", "--lora_alpha", "32"]),
+    "all-linear-r32": ({}, 600, True, [*ALL_LINEAR, "--cot_repeats", "2", "--lora_r", "32", "--lora_alpha", "64"]),
+    "full-stage2": ({}, 600, True, ["--use_peft", "false", "--learning_rate", "1e-3", "--cot_repeats", "2"]),
+    "qv-cot3": ({}, 600, True, [*QV, "--cot_repeats", "3"]),
+    "all-linear-cot4": ({}, 600, True, [*ALL_LINEAR, "--cot_repeats", "4"]),
     "demo": ({}, None, True, []),
 }
 
