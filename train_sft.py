@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, field
 
 import trl
 import yaml
-from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
 
 from training.augmentation import FaceAugmentation
@@ -110,10 +109,6 @@ def main(script_args, training_args, model_args):
     # ----------------------------------------------------------------------------------------------------------------
     # Model, processor and data. The data is read on each machine's main process first: it rebuilds the `datasets`
     # cache of a local folder, and the other processes then read that cache instead of rebuilding it at the same time.
-    # Seeded before anything is built: the new weights (a fresh projector, the image token's embedding and LM-head
-    # rows, LoRA's A matrices) are drawn while loading, before the trainer seeds, and the same command should give the
-    # same model (unseeded, the demo's CoT-first Exp-CoT Score ranged 0.42-0.68 over runs of one recipe).
-    set_seed(training_args.seed)
     model, processor, base = load_model(script_args, model_args, training_args.output_dir)
     with training_args.main_process_first(desc="reading the training data"):
         fresh = training_args.local_process_index == 0
