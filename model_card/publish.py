@@ -155,7 +155,7 @@ def build_demo_space(folder, model_id):
 
 def build_all(args):
     """Every repo folder under `args.output` (emptied first). Returns {repo_id: (repo_type, folder)}."""
-    output = Path(args.output)
+    output = Path(args.output).resolve()  # the checks run in other folders: every path they get is absolute
     if output.exists():
         unexpected = sorted(path.name for path in output.iterdir() if path.name not in ("model", "datasets", "spaces"))
         if unexpected:

@@ -46,12 +46,13 @@ def dataset_folder(tmp_path_factory):
 def hub(trained_model_folder, dataset_folder, tmp_path_factory):
     """`python -m model_card.publish --dry-run` as a user runs it; returns the output folder and what it printed."""
     output = tmp_path_factory.mktemp("hub") / "hub"
-    command = [sys.executable, "-m", "model_card.publish", "--model", trained_model_folder, "--dataset",
-               str(dataset_folder), "--org", ORG, "--license", "apache-2.0", "--base-model", "--output", str(output),
-               "--dry-run"]  # fmt: skip
+    # Relative paths, as a user types them in the folder they work in (the checks run elsewhere).
+    model = os.path.relpath(trained_model_folder, output.parent)
+    command = [sys.executable, "-m", "model_card.publish", "--model", model, "--dataset", str(dataset_folder),
+               "--org", ORG, "--license", "apache-2.0", "--base-model", "--output", "hub", "--dry-run"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.pop("HF_TOKEN", None)
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run(command, cwd=output.parent, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return output, result.stdout
 
