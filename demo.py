@@ -342,8 +342,9 @@ def publish_dry_run(model_folder, dataset_folder, evaluation_files, output_dir):
          "apache-2.0", "--base-model", "--output", hub, "--dry-run"],
         "publish --dry-run",
     )  # fmt: skip
-    print(f"model card: {os.path.join(hub, 'model', 'expllm', 'README.md')}; the Space: "
-          f"EXPLLM_MODEL={model_folder} python app.py in {os.path.join(hub, 'spaces', 'expllm-demo')}")  # fmt: skip
+    space = os.path.join(hub, "spaces", "expllm-demo", "app.py")
+    print(f"model card: {os.path.join(hub, 'model', 'expllm', 'README.md')}; the Space on this machine: "
+          f"EXPLLM_MODEL={model_folder} .venv/bin/python {space}")  # fmt: skip
 
 
 def main():

@@ -30,7 +30,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -38,7 +37,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dataset_builders.exp_cot.cot_text import AU_NUMBER, find_au_mentions, split_cot
 from modeling_expllm.convert_official_checkpoint import OFFICIAL_MAX_NEW_TOKENS
+from modeling_expllm.vocabulary import COT_MAX_WORDS
 
 METRICS_DIR = Path(__file__).resolve().parent
 FER_MODES = ("probabilities", "generate")
@@ -463,31 +464,23 @@ def evaluate_official(args, model, processor, dataset, labels, label_set, sample
     return {key: value for key, value in fer.items() if key != "parsed_predictions"}
 
 
-# The Format Refinement's rules (DESIGN section 5): three sections, no AU numbers such as "AU 12", at most 130 words.
-AU_NUMBER = re.compile(r"\bAUs?\s*-?\s*\d+", re.IGNORECASE)
-
-
 def key_observation_units(text):
     """The action units (indices) a CoT's Key Observations describe as present, read by the project's CoT parser."""
-    from dataset_builders.exp_cot.cot_text import find_au_mentions, split_cot
-
     return {mention.au for mention in find_au_mentions(split_cot(text).key_observations)}
 
 
 def cot_form(generated, reference):
     """One generated CoT against the Format Refinement's rules, and the Jaccard index between the action units its
     Key Observations describe and those of the reference's (sides count: the left and the right brow are two units;
-    degrees do not, the Exp-CoT Score grades them). Two texts that describe no unit agree fully."""
-    from dataset_builders.exp_cot.cot_text import split_cot
-    from modeling_expllm.vocabulary import COT_MAX_WORDS
-
+    degrees do not, the Exp-CoT Score grades them). Two texts that describe no unit agree fully. The rules are the
+    Format Refinement's (DESIGN section 5): three sections, no AU numbers such as "AU 12", at most COT_MAX_WORDS."""
     units, reference_units = key_observation_units(generated), key_observation_units(reference)
-    union = units | reference_units
+    union, words = units | reference_units, len(generated.split())
     return {
         "all_sections": split_cot(generated).complete,
         "au_index": AU_NUMBER.search(generated) is not None,
-        "words": len(generated.split()),
-        "within_word_limit": len(generated.split()) <= COT_MAX_WORDS,
+        "words": words,
+        "within_word_limit": words <= COT_MAX_WORDS,
         "au_jaccard": len(units & reference_units) / len(union) if union else 1.0,
     }
 
@@ -571,8 +564,6 @@ def print_summary(args, results, output_dir):
             f"Exp-CoT Score ({cot['judge']}, {cot['num_judged']}/{cot['num_samples']} judged): {cot['exp_cot_score']}"
             f" (K {cot['key_observations']}, O {cot['overall_interpretation']}, C {cot['conclusion']})"
         )
-        from modeling_expllm.vocabulary import COT_MAX_WORDS
-
         form = cot["form"]
         print(
             f"CoT form ({args.cot_order}): {form['with_all_sections']:.1%} with all three sections, "

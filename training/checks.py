@@ -41,15 +41,14 @@ def sequence_lengths(dataset, processor):
     return lengths
 
 
-def fitting_entries(dataset, entries, processor, max_length, policy="error"):
-    """The entries (one per row of `dataset`) whose sequences fit `max_length`. Over-long ones are an error (default)
-    or dropped (`policy="drop"`), never cut: truncation would cut answers or the image tokens themselves. The count is
-    given per kind, and dropping every sample of a kind is said loudly."""
+def fitting_entries(entries, lengths, max_length, policy="error"):
+    """The entries whose sequences (`lengths`, from `sequence_lengths`) fit `max_length`. Over-long ones are an error
+    (default) or dropped (`policy="drop"`), never cut: truncation would cut answers or the image tokens themselves. The
+    count is given per kind, and dropping every sample of a kind is said loudly."""
     if policy not in ("error", "drop"):
         raise ValueError(f"overlong policy must be 'error' or 'drop', got {policy!r}")
     if max_length is None:
         return entries
-    lengths = sequence_lengths(dataset, processor)
     keep = [entry for entry, length in zip(entries, lengths) if length <= max_length]
     if len(keep) == len(entries):
         return entries

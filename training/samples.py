@@ -217,10 +217,10 @@ def load_training_samples(script_args, split, processor, max_length, fresh=True,
     entries = first_records(source, entries, script_args.max_train_samples)
     if script_args.check_images:
         check_images(training_dataset(source, entries), processor)
-    entries = fitting_entries(training_dataset(source, entries), entries, processor, max_length, script_args.overlong)
-    length_of = (
-        dict(zip(entries, sequence_lengths(training_dataset(source, entries), processor))) if with_lengths else {}
-    )
+    # Every sequence is measured once: for the length check and for the length-grouped sampler.
+    measured = max_length is not None or with_lengths
+    length_of = dict(zip(entries, sequence_lengths(training_dataset(source, entries), processor))) if measured else {}
+    entries = fitting_entries(entries, [length_of.get(entry) for entry in entries], max_length, script_args.overlong)
     if script_args.stage == 2:
         entries = mix_fer_and_cot(
             entries, script_args.fer_repeats, script_args.cot_repeats, script_args.label_first_cot_repeats

@@ -65,6 +65,10 @@ def _one_paragraph(text):
     return re.sub(r"\s+", " ", text).strip()
 
 
+# Action units named by number ("AU 12", "AUs 4"), which the Format Refinement's rules forbid (DESIGN section 5).
+AU_NUMBER = re.compile(r"\bAUs?\s*-?\s*\d+", re.IGNORECASE)
+
+
 # A header may drop leading words of its name ("Emotional Interpretation", "Observations"), since writers do.
 def _name_variants(name):
     words = name.split()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from modeling_expllm.vocabulary import COT_MAX_WORDS, COT_SECTIONS, normalize_label
 
 from .backends import Facts, LLMCallFailed, LLMRequest
-from .cot_text import split_cot
+from .cot_text import AU_NUMBER, split_cot
 from .prompting import face_values, refine_values
 from .verification import verify_description
 
@@ -162,7 +162,6 @@ async def llm_verdict(backend, prompts, description, au, label, spending):
 # ---------------------------------------------------------------------------------------------------------------------
 # The refined CoT
 
-_AU_NUMBER = re.compile(r"\bAUs?\s*-?\s*\d+", re.IGNORECASE)
 _PERSONAL_PRONOUNS = re.compile(
     r"\b(i|me|my|mine|myself|we|us|our|ours|ourselves|you|your|yours|yourself|he|him|his|himself|she|her|hers|"
     r"herself|they|them|their|theirs|themselves)\b",
@@ -188,7 +187,7 @@ def cot_problems(cot, au, label):
     pronouns = sorted({match.group(0).lower() for match in _PERSONAL_PRONOUNS.finditer(cot)})
     if pronouns:
         problems.append(f"It uses personal pronouns ({', '.join(pronouns)}).")
-    numbers = sorted({match.group(0) for match in _AU_NUMBER.finditer(cot)})
+    numbers = sorted({match.group(0) for match in AU_NUMBER.finditer(cot)})
     if numbers:
         problems.append(f"It names action units by number ({', '.join(numbers)}).")
     verification = verify_description(cot, au, label)
