@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 
 import trl
 import yaml
+from transformers import set_seed
 from trl import ModelConfig, SFTConfig, TrlParser, get_peft_config
 
 from training.augmentation import FaceAugmentation
@@ -109,6 +110,9 @@ def main(script_args, training_args, model_args):
     # ----------------------------------------------------------------------------------------------------------------
     # Model, processor and data. The data is read on each machine's main process first: it rebuilds the `datasets`
     # cache of a local folder, and the other processes then read that cache instead of rebuilding it at the same time.
+    # Seeded before the model is built, as transformers' example scripts do: stage 1's fresh parts (the projector,
+    # the `<image>` token's rows) then start the same way on every run of the same --seed.
+    set_seed(training_args.seed)
     model, processor, base = load_model(script_args, model_args, training_args.output_dir)
     with training_args.main_process_first(desc="reading the training data"):
         fresh = training_args.local_process_index == 0
