@@ -70,6 +70,8 @@ VARIANTS = {
     "input-112": variant(sizes=INPUT_112),
     "input-112-presence": variant(sizes=INPUT_112, presence=0.1),
     "input-112-presence-v2400": variant(sizes=INPUT_112, presence=0.1, vision_steps=2400),
+    "input-112-presence-lm1000": variant(sizes=INPUT_112, presence=0.1, lm_steps=1000),
+    "input-112-presence-lm1400": variant(sizes=INPUT_112, presence=0.1, lm_steps=1400),
     "input-112-presence-more-cots": variant(
         sizes=INPUT_112, presence=0.1, stage2=["--cot_repeats", "4", "--label_first_cot_repeats", "2"]
     ),
