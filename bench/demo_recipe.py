@@ -39,7 +39,8 @@ INPUT_112 = {"image_size": 112, "patch_size": 28}
 
 def variant(sizes=INPUT_56, lm_steps=600, label_first=True, vision_steps=1200, presence=0.0, stage1=(), stage2=()):
     """A recipe: tower sizes over demo.TINY, stage-0 steps of the language model and the vision tower, whether the
-    language model's transcripts include label-first CoT conversations, and arguments added to stages 1 and 2."""
+    language model's transcripts include label-first CoT conversations, the vision tower's presence-loss weight, and
+    arguments added to stages 1 and 2. The defaults are issue 15's second-round demo (56-pixel input)."""
     return {"sizes": sizes, "lm_steps": lm_steps, "label_first": label_first, "vision_steps": vision_steps,
             "presence": presence, "stage1": list(stage1), "stage2": list(stage2)}  # fmt: skip
 
@@ -85,8 +86,7 @@ def run_variant(name, seed, out, records, dataset_folder):
 
     recipe = VARIANTS[name]
     started = time.time()
-    stage0_settings = ("sizes", "lm_steps", "label_first", "vision_steps", "presence")
-    stage0_key = json.dumps([recipe[key] for key in stage0_settings])
+    stage0_key = json.dumps([recipe[key] for key in ("sizes", "lm_steps", "label_first", "vision_steps", "presence")])
     stage0_folder = os.path.join(out, "bench-recipe", "stage0", hashlib.sha1(stage0_key.encode()).hexdigest()[:12])
     if not os.path.isfile(os.path.join(stage0_folder, "done.json")):
         shutil.rmtree(stage0_folder, ignore_errors=True)
@@ -94,7 +94,13 @@ def run_variant(name, seed, out, records, dataset_folder):
         sizes = {**demo_module.TINY, **recipe["sizes"]}  # the towers' widths from the demo, the input from the recipe
         backbones = save_tiny_backbones(os.path.join(stage0_folder, "tiny_backbones"), extra_texts=cots, **sizes)
         seconds = demo_module.head_start(
-            stage0_folder, backbones, records, *(recipe[key] for key in stage0_settings[1:])
+            stage0_folder,
+            backbones,
+            records,
+            language_model_steps=recipe["lm_steps"],
+            label_first=recipe["label_first"],
+            vision_steps=recipe["vision_steps"],
+            presence_weight=recipe["presence"],
         )
         with open(os.path.join(stage0_folder, "done.json"), "w") as file:
             json.dump({"settings": stage0_key, "seconds": seconds}, file)

@@ -19,6 +19,7 @@ the engine's Key Observations name every unit above zero, so the AU Jaccard goal
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -43,12 +44,7 @@ HEAD_STARTS = {
     ),
 }
 THRESHOLDS = (0.15, 0.1, 0.05, 0.0)
-
-
-def reference_units(cot):
-    from dataset_builders.exp_cot.cot_text import find_au_mentions, split_cot
-
-    return {mention.au for mention in find_au_mentions(split_cot(cot).key_observations)}
+FAINT_BELOW = 0.15  # the synthetic faces' faint units are drawn in 0.03-0.15
 
 
 def jaccard(a, b):
@@ -109,6 +105,7 @@ def main():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
+    from dataset_builders.exp_cot.cot_text import key_observation_units
     from dataset_builders.exp_cot.synthetic_faces import generate_faces, prototype_vector
     from dataset_builders.exp_cot_dataset import load_exp_cot
     from expllm_testing.tiny import pretrain_vision_tower, save_tiny_backbones
@@ -119,7 +116,7 @@ def main():
     train, test = dataset["train"], dataset["test"]
 
     print(f"1. Readers that name exactly the units above a threshold, against {len(test)} held-out references")
-    references = [reference_units(cot["text"]) for cot in test["cot"]]
+    references = [key_observation_units(cot["text"]) for cot in test["cot"]]
     for threshold in THRESHOLDS:
         named = [{unit for unit, value in enumerate(au) if value > threshold} for au in test["au"]]
         score = sum(jaccard(n, r) for n, r in zip(named, references)) / len(test)
@@ -133,9 +130,8 @@ def main():
         started = time.time()
         images, action_units = list(train["image"]), list(train["au"])
         if extra:
-            faces = list(
-                generate_faces(extra, seed=21, size=112)
-            )  # seed 21: neither engine run's (1, 2) nor stage 1's
+            # Seed 21: neither engine run's (1, 2) nor stage 1's captions' (11).
+            faces = list(generate_faces(extra, seed=21, size=112))
             images += [face.image for face in faces]
             action_units += [face.au for face in faces]
         with tempfile.TemporaryDirectory() as folder:
@@ -156,7 +152,7 @@ def main():
 
 
 def name_faint_and_strong(path, test, references):
-    import json
+    from dataset_builders.exp_cot.cot_text import key_observation_units
 
     with open(path) as file:
         samples = json.load(file)["samples"]
@@ -164,11 +160,11 @@ def name_faint_and_strong(path, test, references):
         raise ValueError(f"{path}: its samples are not the held-out faces of this dataset, in order")
     strong = faint = named_strong = named_faint = absent = 0
     for sample, au, reference in zip(samples, test["au"], references):
-        named = reference_units(sample["cot"]["generated"])
-        strong += sum(au[unit] >= 0.15 for unit in reference)
-        faint += sum(au[unit] < 0.15 for unit in reference)
-        named_strong += sum(au[unit] >= 0.15 for unit in reference & named)
-        named_faint += sum(au[unit] < 0.15 for unit in reference & named)
+        named = key_observation_units(sample["cot"]["generated"])
+        strong += sum(au[unit] >= FAINT_BELOW for unit in reference)
+        faint += sum(au[unit] < FAINT_BELOW for unit in reference)
+        named_strong += sum(au[unit] >= FAINT_BELOW for unit in reference & named)
+        named_faint += sum(au[unit] < FAINT_BELOW for unit in reference & named)
         absent += sum(au[unit] == 0 for unit in named)
     print(
         f"   {path}: units above 0.15 named {named_strong}/{strong} ({named_strong / strong:.1%}), faint ones "

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dataset_builders.exp_cot.cot_text import AU_NUMBER, find_au_mentions, split_cot
+from dataset_builders.exp_cot.cot_text import AU_NUMBER, key_observation_units, split_cot
 from modeling_expllm.convert_official_checkpoint import OFFICIAL_MAX_NEW_TOKENS
 from modeling_expllm.vocabulary import COT_MAX_WORDS
 
@@ -462,11 +462,6 @@ def evaluate_official(args, model, processor, dataset, labels, label_set, sample
     for sample, answer, predicted in zip(samples, answers, fer["parsed_predictions"]):
         sample["official"] = {"answer": answer, "correct": predicted == sample["label"]}
     return {key: value for key, value in fer.items() if key != "parsed_predictions"}
-
-
-def key_observation_units(text):
-    """The action units (indices) a CoT's Key Observations describe as present, read by the project's CoT parser."""
-    return {mention.au for mention in find_au_mentions(split_cot(text).key_observations)}
 
 
 def cot_form(generated, reference):

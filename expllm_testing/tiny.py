@@ -142,11 +142,9 @@ def pretrain_vision_tower(
     targets = torch.tensor(list(action_units), dtype=torch.float32)
     num_patches = (size // model.config.patch_size) ** 2
     head = torch.nn.Linear(model.config.hidden_size, targets.shape[1])
-    heads = [head]
-    if presence_weight:
-        presence_head = torch.nn.Linear(model.config.hidden_size, targets.shape[1])
-        heads.append(presence_head)
-    trained = list(model.parameters()) + [parameter for layer in heads for parameter in layer.parameters()]
+    # Made only when asked for, so that without it the random stream, and the tower, are what they always were.
+    presence_head = torch.nn.Linear(model.config.hidden_size, targets.shape[1]) if presence_weight else None
+    trained = [*model.parameters(), *head.parameters(), *(presence_head.parameters() if presence_head else ())]
     optimizer = torch.optim.AdamW(trained, lr=learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(seed)

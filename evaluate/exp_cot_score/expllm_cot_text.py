@@ -9,7 +9,8 @@ from whatever an LLM or a person wrote (`split_cot`), and reads what a text says
   subject and how strongly;
 - `find_emotions`: which expression labels it names, and whether as the dominant reading, a secondary one or a denied
   one ("happiness rather than sadness", "no signs of anger");
-- `conclusion_label`: the one label a CoT settles on.
+- `conclusion_label`: the one label a CoT settles on;
+- `key_observation_units`: the action units its Key Observations describe.
 
 All of it is deterministic string processing on top of `modeling_expllm.vocabulary`, which holds every domain word
 (labels and synonyms, AU parts, movements and cue words, degree words). What lives here are only the function words of
@@ -711,3 +712,8 @@ def _best_label(mentions):
     if not scores or max(scores.values()) < 0.2:  # only denied labels
         return None
     return max(scores, key=scores.get)
+
+
+def key_observation_units(cot_text):
+    """The action units (indices) a CoT's Key Observations section describes as present."""
+    return {mention.au for mention in find_au_mentions(split_cot(cot_text).key_observations)}
